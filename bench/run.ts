@@ -1,0 +1,204 @@
+/**
+ * Driver of the verbs benchmark, run where the RDMA device is (inside the rxe
+ * micro-VM, or natively): perftest, the C loop and the Node benchmark in
+ * sequence, in this boot, each result appended as a JSON line to --out as soon
+ * as it is measured; then the table on stdout. scripts/bench-verbs.sh runs it.
+ *
+ * usage: node dist/bench/run.js --out FILE [--iters N] [--warmup N]
+ *          [--only perftest,c-loop,node]
+ * env: NPMU_RXE_DEV, NPMU_RXE_ADDR (required), NPMU_BENCH_ITERS, NPMU_BENCH_WARMUP,
+ *      NPMU_BENCH_LAT (the C loop binary; default .cache/bench/lat),
+ *      NPMU_BENCH_GID_INDEX (perftest -x, default 1), NPMU_BENCH_PERFTEST_PORT (default 18515).
+ * Progress goes to stderr. Exit status 1 if any part failed (the others still run).
+ */
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as readline from 'node:readline';
+import { runPerftest, type PerftestTool } from './perftest';
+import { parseResultLines, renderTable } from './table';
+
+const PARTS = ['perftest', 'c-loop', 'node'] as const;
+type Part = (typeof PARTS)[number];
+
+interface Options {
+  out: string;
+  iters: number;
+  warmup: number;
+  only: Part[];
+}
+
+function parseArgs(argv: string[]): Options {
+  const a = new Map<string, string>();
+  for (let i = 0; i < argv.length; i++) {
+    const m = /^--([a-z-]+)(?:=(.*))?$/.exec(argv[i] as string);
+    if (!m) throw new RangeError(`unexpected argument '${argv[i]}'`);
+    const v = m[2] ?? argv[++i];
+    if (v === undefined) throw new RangeError(`--${m[1]} needs a value`);
+    a.set(m[1] as string, v);
+  }
+  for (const k of a.keys()) if (!['out', 'iters', 'warmup', 'only'].includes(k)) throw new RangeError(`unknown option --${k}`);
+  const out = a.get('out');
+  if (!out) throw new RangeError('--out FILE is required');
+  const int = (v: string | undefined, d: number, min: number): number => {
+    if (v === undefined || v === '') return d;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new RangeError(`bad count '${v}'`);
+    return n;
+  };
+  const only = (a.get('only') ?? PARTS.join(',')).split(',').map((p) => {
+    if (!(PARTS as readonly string[]).includes(p)) throw new RangeError(`bad part '${p}' (${PARTS.join(', ')})`);
+    return p as Part;
+  });
+  return {
+    out,
+    iters: int(a.get('iters') ?? process.env.NPMU_BENCH_ITERS, 2000, 5),
+    warmup: int(a.get('warmup') ?? process.env.NPMU_BENCH_WARMUP, 100, 0),
+    only,
+  };
+}
+
+/** The first RDMA device with an ACTIVE port 1, from sysfs (no addon needed). */
+function activeDevice(): string | undefined {
+  try {
+    for (const d of fs.readdirSync('/sys/class/infiniband').sort()) {
+      const st = fs.readFileSync(`/sys/class/infiniband/${d}/ports/1/state`, 'utf8');
+      if (st.includes('ACTIVE')) return d;
+    }
+  } catch {
+    /* no RDMA at all */
+  }
+  return undefined;
+}
+
+const log = (s: string): void => void process.stderr.write(`bench: ${s}\n`);
+const secs = (t0: number): number => Math.round((Date.now() - t0) / 100) / 10;
+
+/** Run a command whose stdout is JSON lines; append each to `out`. stderr passes through. */
+function runJsonLines(cmd: string, args: string[], out: string, env?: NodeJS.ProcessEnv): Promise<number> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'], env: env ?? process.env });
+    const rl = readline.createInterface({ input: child.stdout });
+    rl.on('line', (line) => {
+      const t = line.trim();
+      if (t === '') return;
+      try {
+        JSON.parse(t);
+      } catch {
+        process.stderr.write(`${path.basename(cmd)}: ${line}\n`);
+        return;
+      }
+      fs.appendFileSync(out, t + '\n');
+      const r = JSON.parse(t) as { impl?: string; op?: string; size?: number; p50_us?: number; p99_us?: number };
+      log(`  ${r.impl} ${r.op} ${r.size} B: p50 ${r.p50_us} us, p99 ${r.p99_us} us`);
+    });
+    child.on('error', (e) => {
+      log(`${cmd}: ${String(e)}`);
+      resolve(-1);
+    });
+    child.on('close', (code, signal) => {
+      rl.close();
+      resolve(code ?? (signal ? 128 : -1));
+    });
+  });
+}
+
+async function main(): Promise<number> {
+  const o = parseArgs(process.argv.slice(2));
+  const dev = process.env.NPMU_RXE_DEV || activeDevice();
+  const addr = process.env.NPMU_RXE_ADDR;
+  if (!dev) throw new Error('no ACTIVE RDMA device here (scripts/bench-verbs.sh boots the rxe micro-VM)');
+  if (!addr) throw new Error('NPMU_RXE_ADDR (the IPv4 address of the RDMA device) is not set');
+  const root = path.resolve(__dirname, '..', '..');
+  const lat = process.env.NPMU_BENCH_LAT || path.join(root, '.cache', 'bench', 'lat');
+  fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true });
+  const append = (v: unknown): void => fs.appendFileSync(o.out, JSON.stringify(v) + '\n');
+  const inVm = process.env.NPMU_IN_VM === '1';
+  append({
+    meta: {
+      date: new Date().toISOString(),
+      where: inVm ? 'rxe micro-VM (qemu TCG)' : `native host ${os.hostname()}`,
+      device: dev,
+      addr,
+      kernel: os.release(),
+      node: process.version,
+      cpus: os.cpus().length,
+      iters: o.iters,
+      warmup: o.warmup,
+    },
+  });
+  let failed = 0;
+  const seconds: Record<string, number> = {};
+  const tAll = Date.now();
+
+  if (o.only.includes('perftest')) {
+    const t0 = Date.now();
+    log(`perftest (${o.iters} iterations, -x ${process.env.NPMU_BENCH_GID_INDEX ?? 1})`);
+    let port = Number(process.env.NPMU_BENCH_PERFTEST_PORT ?? 18515);
+    for (const tool of ['ib_write_lat', 'ib_read_lat'] as PerftestTool[]) {
+      for (const size of [64, 4096]) {
+        try {
+          const r = await runPerftest({
+            tool,
+            size,
+            iters: o.iters,
+            dev,
+            gidIndex: Number(process.env.NPMU_BENCH_GID_INDEX ?? 1),
+            addr,
+            port: port++,
+          });
+          append(r);
+          log(`  ${tool} -s ${size}: t_typical ${r.p50_us} us, 99% ${r.p99_us} us (${r.measures})`);
+        } catch (e) {
+          failed++;
+          log(`  ${tool} -s ${size} FAILED: ${e instanceof Error ? e.message : String(e)}`);
+        }
+      }
+    }
+    seconds.perftest = secs(t0);
+  }
+
+  if (o.only.includes('c-loop')) {
+    const t0 = Date.now();
+    log(`c-loop (${lat}, ${o.warmup} warm-up + ${o.iters} iterations)`);
+    const code = await runJsonLines(lat, ['-a', addr, '-n', String(o.iters), '-w', String(o.warmup)], o.out);
+    if (code !== 0) {
+      failed++;
+      log(`  c-loop FAILED (exit ${code})`);
+    }
+    seconds['c-loop'] = secs(t0);
+  }
+
+  if (o.only.includes('node')) {
+    const t0 = Date.now();
+    log(`node (busy-poll, then event mode; ${o.warmup} warm-up + ${o.iters} iterations)`);
+    const code = await runJsonLines(
+      process.execPath,
+      ['--expose-gc', path.join(__dirname, 'verbs.js'), '--iters', String(o.iters), '--warmup', String(o.warmup), '--addr', addr, '--dev', dev],
+      o.out,
+    );
+    if (code !== 0) {
+      failed++;
+      log(`  node FAILED (exit ${code})`);
+    }
+    seconds.node = secs(t0);
+  }
+  seconds.total = secs(tAll);
+  append({ meta: { seconds } });
+
+  const parsed = parseResultLines(fs.readFileSync(o.out, 'utf8'));
+  process.stdout.write('\n' + renderTable(parsed.results, { meta: Object.assign({}, ...parsed.meta) as Record<string, unknown> }));
+  if (failed) log(`${failed} part(s) failed; see above`);
+  return failed ? 1 : 0;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    log(e instanceof Error ? e.message : String(e));
+    process.exitCode = 2;
+  },
+);

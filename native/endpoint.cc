@@ -1,0 +1,1163 @@
+#include "endpoint.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <map>
+
+#include "context.h"
+#include "util/args.h"
+
+namespace npmu {
+
+namespace {
+
+constexpr size_t kMaxConnectPrivateData = 56;
+constexpr uint32_t kAcceptTimeoutMs = 10000;
+constexpr uint32_t kCloseFlushTimeoutMs = 5000;
+constexpr uint64_t kBusyPollLimitNs = 1000000000ull;
+
+bool SetNonBlocking(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  return fl >= 0 && fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0;
+}
+
+Failure ChannelFailure(int err) {
+  if (err == ENODEV || err == ENOENT || err == ENXIO || err == ENOSYS)
+    return Failure::Npmu("ERR_NPMU_NO_DEVICE", "no RDMA device: cannot open the rdma_cm event channel", err,
+                         "rdma_create_event_channel");
+  return Failure::Errno(err, "rdma_create_event_channel");
+}
+
+Failure Unreachable(const char* syscall, int status, const std::string& what) {
+  int err = status < 0 ? -status : 0;
+  std::string msg = what;
+  if (err) msg += std::string(": ") + std::strerror(err);
+  return Failure::Npmu("ERR_NPMU_UNREACHABLE", msg, err, syscall);
+}
+
+}  // namespace
+
+// ---- helpers ----------------------------------------------------------------
+
+std::string AddrString(const sockaddr* sa) {
+  char buf[INET6_ADDRSTRLEN] = "";
+  if (!sa) return "";
+  if (sa->sa_family == AF_INET)
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, buf, sizeof buf);
+  else if (sa->sa_family == AF_INET6)
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, buf, sizeof buf);
+  return buf;
+}
+
+bool ParseAddress(const std::string& host, int port, sockaddr_storage* ss, Failure* f) {
+  memset(ss, 0, sizeof *ss);
+  auto* v4 = reinterpret_cast<sockaddr_in*>(ss);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(ss);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(static_cast<uint16_t>(port));
+    return true;
+  }
+  if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(static_cast<uint16_t>(port));
+    return true;
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  int rc = getaddrinfo(host.c_str(), nullptr, &hints, &res);
+  if (rc != 0 || !res) {
+    *f = Failure::Npmu("ERR_NPMU_UNREACHABLE", "cannot resolve '" + host + "': " + gai_strerror(rc), 0,
+                       "getaddrinfo");
+    return false;
+  }
+  memcpy(ss, res->ai_addr, std::min<size_t>(res->ai_addrlen, sizeof *ss));
+  freeaddrinfo(res);
+  if (ss->ss_family == AF_INET) v4->sin_port = htons(static_cast<uint16_t>(port));
+  else v6->sin6_port = htons(static_cast<uint16_t>(port));
+  return true;
+}
+
+bool CmEvent::Next(rdma_event_channel* ch, CmEvent* out) {
+  rdma_cm_event* ev = nullptr;
+  if (!ch || rdma_get_cm_event(ch, &ev) != 0) return false;  // EAGAIN: drained
+  out->type = ev->event;
+  out->status = ev->status;
+  out->id = ev->id;
+  out->listenId = ev->listen_id;
+  const rdma_conn_param& c = ev->param.conn;
+  if (ev->event == RDMA_CM_EVENT_CONNECT_REQUEST || ev->event == RDMA_CM_EVENT_ESTABLISHED ||
+      ev->event == RDMA_CM_EVENT_REJECTED || ev->event == RDMA_CM_EVENT_CONNECT_RESPONSE) {
+    const uint8_t* p = static_cast<const uint8_t*>(c.private_data);
+    out->privateData.assign(p, p ? p + c.private_data_len : p);
+    out->initiatorDepth = c.initiator_depth;
+    out->responderResources = c.responder_resources;
+  } else {
+    out->privateData.clear();
+  }
+  rdma_ack_cm_event(ev);  // after copying: the private data lives in the event
+  return true;
+}
+
+EndpointOptions ParseEndpointOptions(Napi::Env env, Napi::Object opts, const std::string& prefix) {
+  EndpointOptions o;
+  Napi::Value pdV = Prop(opts, "pd");
+  if (!pdV.IsUndefined() && !pdV.IsNull()) {
+    ProtectionDomain* pd = UnwrapTagged<ProtectionDomain>(env, pdV, kPdTag, prefix + "pd", "ProtectionDomain");
+    if (pd->res()->closed) ThrowNpmu(env, "ERR_NPMU_CLOSED", "protection domain is closed");
+    o.pd = pd->res();
+    o.pdObj = pdV.As<Napi::Object>();
+  }
+  o.sqDepth = static_cast<uint32_t>(OptInteger(env, Prop(opts, "sqDepth"), prefix + "sqDepth", 1, 65536, 128));
+  o.rqDepth = static_cast<uint32_t>(OptInteger(env, Prop(opts, "rqDepth"), prefix + "rqDepth", 1, 65536, 128));
+  o.maxInline = static_cast<uint32_t>(OptInteger(env, Prop(opts, "maxInline"), prefix + "maxInline", 0, 4096, 64));
+  o.busyPoll = OptBool(env, Prop(opts, "busyPoll"), prefix + "busyPoll", false);
+  o.responderResources = static_cast<int>(
+      OptInteger(env, Prop(opts, "responderResources"), prefix + "responderResources", 1, 255, -1));
+  return o;
+}
+
+// ---- EndpointRes: life cycle ---------------------------------------------------
+
+std::shared_ptr<EndpointRes> EndpointRes::Create(std::shared_ptr<Registry> reg, EndpointOptions opts,
+                                                 Failure* failure) {
+  std::shared_ptr<EndpointRes> ep(new EndpointRes());
+  ep->reg = reg;
+  ep->busyPoll = opts.busyPoll;
+  ep->pd_ = opts.pd;
+  ep->opts_ = opts;
+  ep->opts_.pdObj = Napi::Object();
+  errno = 0;
+  ep->ch_ = rdma_create_event_channel();
+  if (!ep->ch_) {
+    *failure = ChannelFailure(errno ? errno : ENODEV);
+    ep->destroyed_ = true;
+    ep->state_ = State::Closed;
+    return nullptr;
+  }
+  SetNonBlocking(ep->ch_->fd);
+  reg->endpoints.insert(ep.get());
+  EndpointRes* raw = ep.get();
+  ep->cmPoll_ = UvHandle::Poll(reg, ep, ep->ch_->fd, [raw](int, int) { raw->OnCmReadable(); });
+  if (!ep->cmPoll_) {
+    *failure = Failure::Errno(EINVAL, "uv_poll_init");
+    ep->DestroyNow();
+    return nullptr;
+  }
+  return ep;
+}
+
+EndpointRes::~EndpointRes() {
+  Destroy(nullptr);
+  if (!reg->alive) {
+    onEvent.SuppressDestruct();
+    pdObj.SuppressDestruct();
+  }
+}
+
+uint32_t EndpointRes::RemainingMs() const {
+  uv_update_time(reg->loop);
+  uint64_t now = uv_now(reg->loop);
+  return deadline_ > now ? static_cast<uint32_t>(deadline_ - now) : 1;
+}
+
+Napi::Promise EndpointRes::StartConnect(Napi::Env env, const sockaddr* dst, uint32_t timeoutMs,
+                                        std::vector<uint8_t> privateData) {
+  connectDeferred_.emplace(Napi::Promise::Deferred::New(env));
+  Napi::Promise promise = connectDeferred_->Promise();
+  privateData_ = std::move(privateData);
+  state_ = State::Connecting;
+  uv_update_time(reg->loop);  // the cached loop time may be stale
+  deadline_ = uv_now(reg->loop) + timeoutMs;
+  EndpointRes* raw = this;
+  timer_ = UvHandle::Timer(reg, shared_from_this(), timeoutMs, [raw](int, int) {
+    raw->timer_->Close();
+    raw->timer_ = nullptr;
+    RunCallback(raw->reg.get(), [raw](Napi::Env env) {
+      raw->FailConnect(env, Failure::Npmu("ERR_NPMU_TIMEOUT", "connect timed out", ETIMEDOUT, "rdma_connect"));
+    });
+  });
+  if (rdma_create_id(ch_, &id_, this, RDMA_PS_TCP) != 0) {
+    id_ = nullptr;
+    FailConnect(env, Failure::Errno(errno, "rdma_create_id"));
+  } else if (rdma_resolve_addr(id_, nullptr, const_cast<sockaddr*>(dst), static_cast<int>(timeoutMs)) != 0) {
+    FailConnect(env, Unreachable("rdma_resolve_addr", -errno, "cannot resolve the address"));
+  }
+  return promise;
+}
+
+Napi::Promise EndpointRes::StartAccept(Napi::Env env, rdma_cm_id* id, uint8_t peerInitiatorDepth,
+                                       uint8_t peerResponderResources, std::vector<uint8_t> privateData,
+                                       std::vector<uint8_t> peerPd) {
+  connectDeferred_.emplace(Napi::Promise::Deferred::New(env));
+  Napi::Promise promise = connectDeferred_->Promise();
+  passive_ = true;
+  state_ = State::Accepting;
+  peerPrivateData = std::move(peerPd);
+  AcceptSteps(env, id, peerInitiatorDepth, peerResponderResources, std::move(privateData));
+  return promise;
+}
+
+void EndpointRes::AcceptSteps(Napi::Env env, rdma_cm_id* id, uint8_t peerInitiatorDepth,
+                              uint8_t peerResponderResources, std::vector<uint8_t> privateData) {
+  if (rdma_migrate_id(id, ch_) != 0) {
+    int err = errno;
+    rdma_reject(id, nullptr, 0);
+    rdma_destroy_id(id);
+    return FailConnect(env, Failure::Errno(err, "rdma_migrate_id"));
+  }
+  id_ = id;
+  id_->context = this;
+  Failure f;
+  if (pd_ && pd_->ctx->ctx != id_->verbs) {
+    return FailConnect(env, Failure::Npmu("EINVAL", "opts.pd is on another device than the connection", EINVAL,
+                                          "rdma_accept"));
+  }
+  if (!CreateQueues(&f)) return FailConnect(env, f);
+  ibv_device_attr da{};
+  ibv_query_device(id_->verbs, &da);
+  int want = opts_.responderResources > 0 ? opts_.responderResources : 16;
+  rdma_conn_param p{};
+  p.private_data = privateData.empty() ? nullptr : privateData.data();
+  p.private_data_len = static_cast<uint8_t>(privateData.size());
+  p.responder_resources = static_cast<uint8_t>(std::min({want, da.max_qp_rd_atom, int(peerInitiatorDepth)}));
+  p.initiator_depth = static_cast<uint8_t>(std::min({want, da.max_qp_init_rd_atom, int(peerResponderResources)}));
+  p.retry_count = 7;
+  p.rnr_retry_count = 7;
+  if (rdma_accept(id_, &p) != 0) return FailConnect(env, Failure::Errno(errno, "rdma_accept"));
+  accepted_ = true;
+  cmPoll_->Ref(true);
+  EndpointRes* raw = this;
+  timer_ = UvHandle::Timer(reg, shared_from_this(), kAcceptTimeoutMs, [raw](int, int) {
+    raw->timer_->Close();
+    raw->timer_ = nullptr;
+    RunCallback(raw->reg.get(), [raw](Napi::Env env) {
+      raw->FailConnect(env, Failure::Npmu("ERR_NPMU_TIMEOUT", "accept timed out", ETIMEDOUT, "rdma_accept"));
+    });
+  });
+}
+
+bool EndpointRes::CreateQueues(Failure* f) {
+  ibv_context* verbs = id_->verbs;
+  if (!pd_) {
+    auto ctx = ContextRes::ForVerbs(reg, verbs, f);
+    if (!ctx) return false;
+    pd_ = PdRes::Alloc(ctx, f);
+    if (!pd_) {
+      ctx->Close();
+      return false;
+    }
+    pd_->ownsCtx = true;
+    ownsPd_ = true;
+  }
+  if (pd_->closed) {
+    *f = Failure::Npmu("ERR_NPMU_CLOSED", "protection domain is closed");
+    return false;
+  }
+  pd_->AddChild();
+  pdChild_ = true;
+  errno = 0;
+  cc_ = ibv_create_comp_channel(verbs);
+  if (!cc_) {
+    *f = Failure::Errno(errno ? errno : ENOMEM, "ibv_create_comp_channel");
+    return false;
+  }
+  SetNonBlocking(cc_->fd);
+  cq_ = ibv_create_cq(verbs, static_cast<int>(opts_.sqDepth + opts_.rqDepth), nullptr, cc_, 0);
+  if (!cq_) {
+    *f = Failure::Errno(errno ? errno : ENOMEM, "ibv_create_cq");
+    return false;
+  }
+  int rc = ibv_req_notify_cq(cq_, 0);
+  if (rc) {
+    *f = Failure::Errno(rc, "ibv_req_notify_cq");
+    return false;
+  }
+  ibv_qp_init_attr a{};
+  a.send_cq = cq_;
+  a.recv_cq = cq_;
+  a.qp_type = IBV_QPT_RC;
+  a.sq_sig_all = 0;
+  a.cap.max_send_wr = opts_.sqDepth;
+  a.cap.max_recv_wr = opts_.rqDepth;
+  a.cap.max_send_sge = 1;
+  a.cap.max_recv_sge = 1;
+  a.cap.max_inline_data = opts_.maxInline;
+  if (rdma_create_qp(id_, pd_->pd, &a) != 0) {
+    *f = Failure::Errno(errno ? errno : EINVAL, "rdma_create_qp");
+    return false;
+  }
+  hasQp_ = true;
+  maxInline_ = a.cap.max_inline_data;
+  EndpointRes* raw = this;
+  cqPoll_ = UvHandle::Poll(reg, shared_from_this(), cc_->fd, [raw](int, int) { raw->OnCqReadable(); });
+  if (!cqPoll_) {
+    *f = Failure::Errno(EINVAL, "uv_poll_init");
+    return false;
+  }
+  cqPoll_->Ref(false);
+  return true;
+}
+
+void EndpointRes::FailConnect(Napi::Env env, Failure f) {
+  if (state_ != State::Connecting && state_ != State::Accepting) return;
+  if (passive_ && !accepted_ && id_) rdma_reject(id_, nullptr, 0);
+  state_ = State::Closing;
+  if (connectDeferred_) {
+    connectDeferred_->Reject(MakeError(env, f).Value());
+    connectDeferred_.reset();
+  }
+  RequestDestroy(env);
+}
+
+void EndpointRes::Established(Napi::Env env, const CmEvent& e) {
+  if (timer_) {
+    timer_->Close();
+    timer_ = nullptr;
+  }
+  state_ = State::Connected;
+  if (!passive_) peerPrivateData = e.privateData;
+  localAddress = AddrString(rdma_get_local_addr(id_));
+  remoteAddress = AddrString(rdma_get_peer_addr(id_));
+  remotePort = ntohs(rdma_get_dst_port(id_));
+  Napi::Object obj = Endpoint::Wrap(env, shared_from_this());
+  UpdateRefs();
+  if (connectDeferred_) {
+    connectDeferred_->Resolve(obj);
+    connectDeferred_.reset();
+  }
+}
+
+// ---- rdma_cm events -------------------------------------------------------------
+
+void EndpointRes::OnCmReadable() {
+  auto self = shared_from_this();
+  RunCallback(reg.get(), [this](Napi::Env env) {
+    dispatchDepth_++;
+    CmEvent e;
+    while (!destroyed_ && CmEvent::Next(ch_, &e)) {
+      HandleCm(env, e);
+      // Let the connect/accept continuation run (and set onEvent) before a
+      // DISCONNECTED queued behind ESTABLISHED is handled: the fd stays readable.
+      if (e.type == RDMA_CM_EVENT_ESTABLISHED) break;
+    }
+    dispatchDepth_--;
+    AfterDispatch(env);
+  });
+}
+
+void EndpointRes::HandleCm(Napi::Env env, const CmEvent& e) {
+  if (state_ == State::Connecting) {
+    switch (e.type) {
+      case RDMA_CM_EVENT_ADDR_RESOLVED:
+        if (pd_ && pd_->ctx->ctx != id_->verbs)
+          return FailConnect(env, Failure::Npmu("EINVAL",
+                                                "opts.pd is on device " + pd_->ctx->name +
+                                                    ", the route to the peer uses " +
+                                                    ibv_get_device_name(id_->verbs->device),
+                                                EINVAL, "rdma_resolve_addr"));
+        if (rdma_resolve_route(id_, static_cast<int>(RemainingMs())) != 0)
+          return FailConnect(env, Unreachable("rdma_resolve_route", -errno, "cannot resolve the route"));
+        return;
+      case RDMA_CM_EVENT_ROUTE_RESOLVED: {
+        Failure f;
+        if (!CreateQueues(&f)) return FailConnect(env, f);
+        ibv_device_attr da{};
+        ibv_query_device(id_->verbs, &da);
+        int want = opts_.responderResources > 0 ? opts_.responderResources : 16;
+        rdma_conn_param p{};
+        p.private_data = privateData_.empty() ? nullptr : privateData_.data();
+        p.private_data_len = static_cast<uint8_t>(privateData_.size());
+        p.responder_resources = static_cast<uint8_t>(std::min(want, da.max_qp_rd_atom));
+        p.initiator_depth = static_cast<uint8_t>(std::min(want, da.max_qp_init_rd_atom));
+        p.retry_count = 7;
+        p.rnr_retry_count = 7;
+        if (rdma_connect(id_, &p) != 0)
+          return FailConnect(env, Unreachable("rdma_connect", -errno, "cannot connect"));
+        return;
+      }
+      case RDMA_CM_EVENT_ESTABLISHED:
+        return Established(env, e);
+      case RDMA_CM_EVENT_REJECTED: {
+        // IB CM reject reasons: 28 = consumer (rdma_reject), 8 = no listener
+        std::string why = e.status == 28  ? "connection rejected by the peer"
+                          : e.status == 8 ? "connection refused: no listener on that port"
+                                          : "connection rejected";
+        Failure f = Failure::Npmu("ERR_NPMU_REJECTED", why + " (reject reason " + std::to_string(e.status) + ")",
+                                  ECONNREFUSED, "rdma_connect");
+        f.privateData = std::make_shared<std::vector<uint8_t>>(e.privateData);
+        return FailConnect(env, f);
+      }
+      case RDMA_CM_EVENT_ADDR_ERROR:
+        return FailConnect(env, Unreachable("rdma_resolve_addr", e.status, "address resolution failed"));
+      case RDMA_CM_EVENT_ROUTE_ERROR:
+        return FailConnect(env, Unreachable("rdma_resolve_route", e.status, "route resolution failed"));
+      case RDMA_CM_EVENT_UNREACHABLE:
+      case RDMA_CM_EVENT_CONNECT_ERROR:
+      case RDMA_CM_EVENT_DISCONNECTED:
+      case RDMA_CM_EVENT_DEVICE_REMOVAL:
+        return FailConnect(env, Unreachable("rdma_connect", e.status, "peer unreachable"));
+      default:
+        return;
+    }
+  }
+  if (state_ == State::Accepting) {
+    switch (e.type) {
+      case RDMA_CM_EVENT_ESTABLISHED:
+        return Established(env, e);
+      case RDMA_CM_EVENT_REJECTED:
+      case RDMA_CM_EVENT_UNREACHABLE:
+      case RDMA_CM_EVENT_CONNECT_ERROR:
+      case RDMA_CM_EVENT_DISCONNECTED:
+      case RDMA_CM_EVENT_DEVICE_REMOVAL:
+        return FailConnect(env, Unreachable("rdma_accept", e.status, "connection failed before establishment"));
+      default:
+        return;
+    }
+  }
+  switch (e.type) {
+    case RDMA_CM_EVENT_DISCONNECTED:
+    case RDMA_CM_EVENT_DEVICE_REMOVAL:
+      if (state_ == State::Connected || state_ == State::Error) {
+        rdma_disconnect(id_);  // our QP to error: pending work flushes
+        state_ = State::Disconnected;
+      }
+      if (!disconnectEmitted_ && (state_ == State::Disconnected)) {
+        disconnectEmitted_ = true;
+        Emit(env, "disconnected", nullptr);
+      }
+      UpdateRefs();
+      return;
+    default:
+      return;
+  }
+}
+
+// ---- completions ---------------------------------------------------------------
+
+void EndpointRes::OnCqReadable() {
+  auto self = shared_from_this();
+  RunCallback(reg.get(), [this](Napi::Env env) {
+    dispatchDepth_++;
+    ibv_cq* evCq = nullptr;
+    void* evCtx = nullptr;
+    while (!destroyed_ && cc_ && ibv_get_cq_event(cc_, &evCq, &evCtx) == 0) unackedCqEvents_++;
+    if (!destroyed_ && cq_) {
+      if (unackedCqEvents_) {
+        ibv_ack_cq_events(cq_, unackedCqEvents_);
+        unackedCqEvents_ = 0;
+      }
+      DrainCq(env);
+      if (!destroyed_ && cq_) {
+        ibv_req_notify_cq(cq_, 0);
+        DrainCq(env);
+      }
+    }
+    dispatchDepth_--;
+    AfterDispatch(env);
+  });
+}
+
+void EndpointRes::DrainCq(Napi::Env env) {
+  ibv_wc wc[16];
+  for (;;) {
+    if (destroyed_ || !cq_) return;
+    int n = ibv_poll_cq(cq_, 16, wc);
+    if (n <= 0) return;
+    for (int i = 0; i < n; i++) HandleWc(env, wc[i]);
+  }
+}
+
+void EndpointRes::HandleWc(Napi::Env env, const ibv_wc& wc) {
+  WrRecord* rec = reinterpret_cast<WrRecord*>(static_cast<uintptr_t>(wc.wr_id));
+  if (!outstanding_.count(rec)) return;
+  Result r;
+  bool emitError = false;
+  if (wc.status == IBV_WC_SUCCESS) {
+    r.ok = true;
+    if (rec->op == Op::Recv) {
+      r.hasByteLength = true;
+      r.byteLength = wc.byte_len;
+    } else if (rec->op == Op::Cas || rec->op == Op::Faa) {
+      r.hasValue = true;
+      memcpy(&r.value, rec->local, 8);
+    }
+  } else {
+    r.failure = Failure::Npmu(WcStatusName(wc.status),
+                              std::string(OpName(rec->op)) + " failed: " + ibv_wc_status_str(wc.status) +
+                                  " (vendor error " + std::to_string(wc.vendor_err) + ")",
+                              0, "ibv_poll_cq");
+    if (state_ == State::Connected) {
+      state_ = State::Error;
+      emitError = true;
+    }
+  }
+  Failure f = r.failure;
+  Finish(env, rec, std::move(r));
+  if (emitError) Emit(env, "error", &f);
+}
+
+void EndpointRes::Finish(Napi::Env env, WrRecord* rec, Result r) {
+  outstanding_.erase(rec);
+  rec->mr->inflight--;
+  if (rec->groupPending) --*rec->groupPending;
+  std::shared_ptr<Batch> batch = std::move(rec->batch);
+  size_t slot = rec->slot;
+  rec->mrObj.Reset();
+  delete rec;
+  batch->Complete(env, slot, std::move(r));
+  if (outstanding_.empty()) {
+    if (state_ == State::Closing) RequestDestroy(env);
+    UpdateRefs();
+  }
+}
+
+void EndpointRes::Emit(Napi::Env env, const char* type, const Failure* f) {
+  if (onEvent.IsEmpty() || !reg->alive) return;
+  Napi::Object ev = Napi::Object::New(env);
+  ev.Set("type", Napi::String::New(env, type));
+  if (f) ev.Set("error", MakeError(env, *f).Value());
+  Napi::Value recv = env.Undefined();
+  if (wrapper) recv = wrapper->Value();
+  Napi::FunctionReference& fn = onEvent;
+  try {
+    fn.Call(recv, {ev});
+  } catch (const Napi::Error& e) {
+    napi_fatal_exception(env, e.Value());
+  }
+}
+
+// ---- posting -------------------------------------------------------------------
+
+std::shared_ptr<size_t> EndpointRes::Post(Napi::Env env, std::vector<WrSpec>& specs,
+                                          const std::vector<size_t>& slots, const std::shared_ptr<Batch>& batch,
+                                          bool spin) {
+  size_t n = specs.size();
+  auto pending = std::make_shared<size_t>(0);
+  std::vector<ibv_send_wr> swr;
+  std::vector<ibv_recv_wr> rwr;
+  std::vector<ibv_sge> sge(n);
+  std::vector<WrRecord*> srec, rrec;
+  swr.reserve(n);
+  rwr.reserve(n);
+  for (size_t i = 0; i < n; i++) {
+    WrSpec& s = specs[i];
+    auto* rec = new WrRecord();
+    rec->ep = this;
+    rec->op = s.op;
+    rec->mr = s.mr;
+    rec->mrObj = Napi::Persistent(s.mrObj);
+    rec->local = s.mr->addr + s.offset;
+    rec->batch = batch;
+    rec->slot = slots[i];
+    rec->groupPending = pending;
+    ibv_sge& g = sge[i];
+    g.addr = reinterpret_cast<uintptr_t>(s.mr->addr + s.offset);
+    g.length = static_cast<uint32_t>(s.length);
+    g.lkey = s.mr->lkey;
+    if (s.op == Op::Recv) {
+      ibv_recv_wr w{};
+      w.wr_id = reinterpret_cast<uintptr_t>(rec);
+      w.sg_list = &g;
+      w.num_sge = s.length ? 1 : 0;
+      rwr.push_back(w);
+      rrec.push_back(rec);
+      continue;
+    }
+    ibv_send_wr w{};
+    w.wr_id = reinterpret_cast<uintptr_t>(rec);
+    w.sg_list = &g;
+    w.num_sge = s.length ? 1 : 0;
+    w.send_flags = IBV_SEND_SIGNALED;
+    switch (s.op) {
+      case Op::Write:
+        w.opcode = IBV_WR_RDMA_WRITE;
+        break;
+      case Op::Read:
+        w.opcode = IBV_WR_RDMA_READ;
+        break;
+      case Op::Send:
+        w.opcode = IBV_WR_SEND;
+        break;
+      case Op::Cas:
+        w.opcode = IBV_WR_ATOMIC_CMP_AND_SWP;
+        break;
+      default:
+        w.opcode = IBV_WR_ATOMIC_FETCH_AND_ADD;
+        break;
+    }
+    if ((s.op == Op::Write || s.op == Op::Send) && s.length > 0 && s.length <= maxInline_)
+      w.send_flags |= IBV_SEND_INLINE;
+    if (s.op == Op::Cas || s.op == Op::Faa) {
+      w.wr.atomic.remote_addr = s.remoteAddr;
+      w.wr.atomic.rkey = s.rkey;
+      w.wr.atomic.compare_add = s.compare;
+      w.wr.atomic.swap = s.swap;
+    } else if (s.op != Op::Send) {
+      w.wr.rdma.remote_addr = s.remoteAddr;
+      w.wr.rdma.rkey = s.rkey;
+    }
+    swr.push_back(w);
+    srec.push_back(rec);
+  }
+  for (size_t i = 0; i + 1 < swr.size(); i++) swr[i].next = &swr[i + 1];
+  for (size_t i = 0; i + 1 < rwr.size(); i++) rwr[i].next = &rwr[i + 1];
+  // All records count as in flight before posting; failures finish them below.
+  for (WrRecord* r : rrec) {
+    // busy-poll does not wait for recvs: they complete when the peer sends
+    r->groupPending = nullptr;
+    outstanding_.insert(r);
+    r->mr->inflight++;
+  }
+  for (WrRecord* r : srec) {
+    outstanding_.insert(r);
+    r->mr->inflight++;
+    ++*pending;
+  }
+  if (cqPoll_) cqPoll_->Ref(true);
+  UpdateRefs();
+
+  dispatchDepth_++;
+  if (!rwr.empty()) {
+    ibv_recv_wr* bad = nullptr;
+    int rc = ibv_post_recv(id_->qp, rwr.data(), &bad);
+    if (rc) {
+      size_t from = bad ? static_cast<size_t>(bad - rwr.data()) : 0;
+      for (size_t i = from; i < rrec.size(); i++) {
+        Result r;
+        r.failure = Failure::Errno(rc, "ibv_post_recv");
+        Finish(env, rrec[i], r);
+      }
+    }
+  }
+  if (!swr.empty()) {
+    ibv_send_wr* bad = nullptr;
+    int rc = ibv_post_send(id_->qp, swr.data(), &bad);
+    if (rc) {
+      size_t from = bad ? static_cast<size_t>(bad - swr.data()) : 0;
+      for (size_t i = from; i < srec.size(); i++) {
+        Result r;
+        r.failure = Failure::Errno(rc, "ibv_post_send");
+        Finish(env, srec[i], r);
+      }
+    }
+  }
+  dispatchDepth_--;
+  if (spin && busyPoll) Spin(env, pending);
+  AfterDispatch(env);
+  return pending;
+}
+
+void EndpointRes::Spin(Napi::Env env, const std::shared_ptr<size_t>& pending) {
+  auto self = shared_from_this();
+  uint64_t start = uv_hrtime();
+  ibv_wc wc[16];
+  dispatchDepth_++;
+  unsigned idle = 0;
+  while (*pending > 0 && !destroyed_ && cq_) {
+    int n = ibv_poll_cq(cq_, 16, wc);
+    if (n < 0) break;
+    for (int i = 0; i < n; i++) HandleWc(env, wc[i]);
+    if (n == 0) {
+      if (++idle % 1024 == 0 && uv_hrtime() - start > kBusyPollLimitNs) break;
+      if (idle % 64 == 0) sched_yield();
+    }
+  }
+  dispatchDepth_--;
+  AfterDispatch(env);
+}
+
+// ---- close -----------------------------------------------------------------------
+
+void EndpointRes::Disconnect() {
+  if (state_ == State::Connected || state_ == State::Error) {
+    rdma_disconnect(id_);
+    state_ = State::Disconnected;
+    UpdateRefs();
+  }
+}
+
+Napi::Value EndpointRes::Close(Napi::Env env) {
+  auto d = Napi::Promise::Deferred::New(env);
+  if (destroyed_ || state_ == State::Closed) {
+    d.Resolve(env.Undefined());
+    return d.Promise();
+  }
+  closeDeferreds_.push_back(d);
+  if (state_ != State::Closing) {
+    State prev = state_;
+    state_ = State::Closing;
+    if (id_ && hasQp_ && (prev == State::Connected || prev == State::Error || prev == State::Disconnected))
+      rdma_disconnect(id_);  // QP to error: in-flight work flushes
+    if (!outstanding_.empty()) {
+      if (cmPoll_) cmPoll_->Ref(true);
+      EndpointRes* raw = this;
+      if (timer_) timer_->Close();
+      timer_ = UvHandle::Timer(reg, shared_from_this(), kCloseFlushTimeoutMs, [raw](int, int) {
+        raw->timer_->Close();
+        raw->timer_ = nullptr;
+        RunCallback(raw->reg.get(), [raw](Napi::Env env) { raw->RequestDestroy(env); });
+      });
+    }
+    UpdateRefs();
+  }
+  if (outstanding_.empty()) RequestDestroy(env);
+  return d.Promise();
+}
+
+void EndpointRes::RequestDestroy(Napi::Env env) {
+  if (dispatchDepth_ > 0) {
+    destroyPending_ = true;
+    return;
+  }
+  Destroy(&env);
+}
+
+void EndpointRes::AfterDispatch(Napi::Env env) {
+  if (dispatchDepth_ == 0 && destroyPending_) {
+    destroyPending_ = false;
+    Destroy(&env);
+  }
+}
+
+void EndpointRes::DestroyNow() {
+  if (dispatchDepth_ > 0) {
+    destroyPending_ = true;
+    return;
+  }
+  Destroy(nullptr);
+}
+
+void EndpointRes::Destroy(Napi::Env* env) {
+  if (destroyed_) return;
+  destroyed_ = true;
+  auto self = weak_from_this().lock();  // may be null when called from the destructor
+  bool js = env && reg->alive;
+  // Work the QP never completed (forced close, teardown): fail or drop it.
+  std::vector<WrRecord*> left(outstanding_.begin(), outstanding_.end());
+  for (WrRecord* rec : left) {
+    if (js) {
+      Result r;
+      r.failure = Failure::Npmu("IBV_WC_WR_FLUSH_ERR", std::string(OpName(rec->op)) + " flushed: endpoint closed",
+                                0, "ibv_poll_cq");
+      outstanding_.erase(rec);
+      rec->mr->inflight--;
+      std::shared_ptr<Batch> batch = std::move(rec->batch);
+      size_t slot = rec->slot;
+      if (rec->groupPending) --*rec->groupPending;
+      rec->mrObj.Reset();
+      delete rec;
+      batch->Complete(*env, slot, r);
+    } else {
+      outstanding_.erase(rec);
+      rec->mr->inflight--;
+      if (rec->groupPending) --*rec->groupPending;
+      if (!reg->alive) rec->mrObj.SuppressDestruct();
+      delete rec;
+    }
+  }
+  for (UvHandle** h : {&cmPoll_, &cqPoll_, &timer_}) {
+    if (*h) (*h)->Close();
+    *h = nullptr;
+  }
+  if (id_ && hasQp_) rdma_destroy_qp(id_);
+  hasQp_ = false;
+  if (cq_) {
+    if (unackedCqEvents_) ibv_ack_cq_events(cq_, unackedCqEvents_);
+    unackedCqEvents_ = 0;
+    ibv_destroy_cq(cq_);
+    cq_ = nullptr;
+  }
+  if (cc_) ibv_destroy_comp_channel(cc_);
+  cc_ = nullptr;
+  if (id_) rdma_destroy_id(id_);
+  id_ = nullptr;
+  if (ch_) rdma_destroy_event_channel(ch_);
+  ch_ = nullptr;
+  if (pd_) {
+    if (ownsPd_) pd_->autoClose = true;
+    if (pdChild_) pd_->RemoveChild();
+    else if (ownsPd_ && pd_->children <= 0) pd_->Close();
+    pdChild_ = false;
+  }
+  state_ = State::Closed;
+  reg->endpoints.erase(this);
+  if (js) {
+    if (connectDeferred_) {
+      connectDeferred_->Reject(MakeError(*env, Failure::Npmu("ERR_NPMU_CLOSED", "endpoint closed")).Value());
+      connectDeferred_.reset();
+    }
+    for (auto& d : closeDeferreds_) d.Resolve(env->Undefined());
+  }
+  connectDeferred_.reset();
+  closeDeferreds_.clear();
+  if (reg->alive) {
+    onEvent.Reset();
+    pdObj.Reset();
+  }
+  UpdateRefs();
+}
+
+void EndpointRes::UpdateRefs() {
+  // libuv: the process stays up while a connect/accept/close is pending or
+  // work is in flight, not for an idle connection.
+  if (cmPoll_) cmPoll_->Ref(state_ == State::Connecting || state_ == State::Accepting || state_ == State::Closing);
+  if (cqPoll_) cqPoll_->Ref(!outstanding_.empty());
+  // GC: the JS object stays alive while connected, closing or with work in
+  // flight; after that JS may drop it and its finalizer tears down.
+  bool want = wrapper && !destroyed_ &&
+              (state_ == State::Connected || state_ == State::Closing || !outstanding_.empty());
+  if (!reg->alive || reg->reaping) return;
+  if (want && !selfRef_) {
+    wrapper->Ref();
+    selfRef_ = true;
+  } else if (!want && selfRef_ && wrapper) {
+    wrapper->Unref();
+    selfRef_ = false;
+  }
+}
+
+const char* EndpointRes::StateName() const {
+  switch (state_) {
+    case State::Connecting:
+      return "connecting";
+    case State::Accepting:
+      return "accepting";
+    case State::Connected:
+      return "connected";
+    case State::Error:
+      return "error";
+    case State::Disconnected:
+      return "disconnected";
+    case State::Closing:
+      return "closing";
+    default:
+      return "closed";
+  }
+}
+
+// ---- Endpoint (JS) -----------------------------------------------------------------
+
+Napi::Function Endpoint::Define(Napi::Env env) {
+  return DefineClass(
+      env, "Endpoint",
+      {
+          InstanceAccessor<&Endpoint::State>("state"),
+          InstanceAccessor<&Endpoint::Pd>("pd"),
+          InstanceAccessor<&Endpoint::LocalAddress>("localAddress"),
+          InstanceAccessor<&Endpoint::RemoteAddress>("remoteAddress"),
+          InstanceAccessor<&Endpoint::RemotePort>("remotePort"),
+          InstanceAccessor<&Endpoint::PeerPrivateData>("peerPrivateData"),
+          InstanceAccessor<&Endpoint::InFlight>("inFlight"),
+          InstanceAccessor<&Endpoint::GetBusyPoll, &Endpoint::SetBusyPoll>("busyPoll"),
+          InstanceAccessor<&Endpoint::GetOnEvent, &Endpoint::SetOnEvent>("onEvent"),
+          InstanceMethod<&Endpoint::Write>("write"),
+          InstanceMethod<&Endpoint::Read>("read"),
+          InstanceMethod<&Endpoint::Send>("send"),
+          InstanceMethod<&Endpoint::Recv>("recv"),
+          InstanceMethod<&Endpoint::CompareSwap>("compareSwap"),
+          InstanceMethod<&Endpoint::FetchAdd>("fetchAdd"),
+          InstanceMethod<&Endpoint::Post>("post"),
+          InstanceMethod<&Endpoint::Disconnect>("disconnect"),
+          InstanceMethod<&Endpoint::Close>("close"),
+      });
+}
+
+Napi::Object Endpoint::Wrap(Napi::Env env, std::shared_ptr<EndpointRes> res) {
+  auto* holder = new std::shared_ptr<EndpointRes>(std::move(res));
+  try {
+    Napi::Object o = GetData(env)->endpointCtor.New({MakeToken(env, holder)});
+    delete holder;
+    return o;
+  } catch (...) {
+    delete holder;
+    throw;
+  }
+}
+
+Endpoint::Endpoint(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Endpoint>(info) {
+  res_ = *static_cast<std::shared_ptr<EndpointRes>*>(TakeToken(info, "Endpoint"));
+  res_->wrapper = this;
+  if (!res_->pdObj.IsEmpty()) {
+    pdObj_ = Napi::Persistent(res_->pdObj.Value());
+    res_->pdObj.Reset();
+  }
+  info.This().As<Napi::Object>().TypeTag(&kEndpointTag);
+}
+
+Endpoint::~Endpoint() {
+  if (!res_) return;
+  res_->wrapper = nullptr;
+  // Unreachable from JS and not connected (or teardown): nothing can use it.
+  if (res_->reg->alive) res_->DestroyNow();
+  else pdObj_.SuppressDestruct();
+}
+
+Napi::Value Endpoint::State(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), res_->StateName());
+}
+
+Napi::Value Endpoint::Pd(const Napi::CallbackInfo& info) {
+  if (pdObj_.IsEmpty()) {
+    if (!res_->pd()) return info.Env().Null();
+    pdObj_ = Napi::Persistent(ProtectionDomain::Wrap(info.Env(), res_->pd()));
+  }
+  return pdObj_.Value();
+}
+
+Napi::Value Endpoint::LocalAddress(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), res_->localAddress);
+}
+Napi::Value Endpoint::RemoteAddress(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), res_->remoteAddress);
+}
+Napi::Value Endpoint::RemotePort(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), res_->remotePort);
+}
+Napi::Value Endpoint::PeerPrivateData(const Napi::CallbackInfo& info) {
+  const auto& d = res_->peerPrivateData;
+  if (d.empty()) return Napi::Buffer<uint8_t>::New(info.Env(), 0);
+  return Napi::Buffer<uint8_t>::Copy(info.Env(), d.data(), d.size());
+}
+Napi::Value Endpoint::InFlight(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(res_->inflight()));
+}
+Napi::Value Endpoint::GetBusyPoll(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), res_->busyPoll);
+}
+void Endpoint::SetBusyPoll(const Napi::CallbackInfo& info, const Napi::Value& v) {
+  if (!v.IsBoolean()) ThrowArgType(info.Env(), "busyPoll", "of type boolean", v);
+  res_->busyPoll = v.As<Napi::Boolean>().Value();
+}
+Napi::Value Endpoint::GetOnEvent(const Napi::CallbackInfo& info) {
+  if (res_->onEvent.IsEmpty()) return info.Env().Null();
+  return res_->onEvent.Value();
+}
+void Endpoint::SetOnEvent(const Napi::CallbackInfo& info, const Napi::Value& v) {
+  if (v.IsNull() || v.IsUndefined()) {
+    res_->onEvent.Reset();
+    return;
+  }
+  if (!v.IsFunction()) ThrowArgType(info.Env(), "onEvent", "of type function or null", v);
+  if (res_->state() == EndpointRes::State::Closed) return;  // nothing will be emitted
+  res_->onEvent = Napi::Persistent(v.As<Napi::Function>());
+}
+
+// The local buffer must be usable on this endpoint's QP: an MR of another PD,
+// or a READ/RECV/atomic target without LOCAL_WRITE, would fail on the QP and put
+// the connection in the error state. Refuse it here, before anything is posted.
+static void CheckLocalMr(Napi::Env env, const EndpointRes& ep, const WrSpec& s, const std::string& name) {
+  if (ep.pd() && s.mr->pd != ep.pd())
+    ThrowArgValue(env, name + "mr", "must be registered on this endpoint's protection domain", s.mrObj);
+  bool writesLocal = s.op == Op::Read || s.op == Op::Recv || s.op == Op::Cas || s.op == Op::Faa;
+  if (writesLocal && !(s.mr->access & IBV_ACCESS_LOCAL_WRITE))
+    ThrowArgValue(env, name + "mr", "needs Access.LOCAL_WRITE to receive data", s.mrObj);
+}
+
+Napi::Value Endpoint::PostOne(Napi::Env env, WrSpec spec, Batch::Kind kind) {
+  CheckLocalMr(env, *res_, spec, "");
+  auto batch = std::make_shared<Batch>(env, kind, 1);
+  Napi::Promise p = batch->deferred.Promise();
+  if (!res_->connected()) {
+    Result r;
+    r.failure = Failure::Npmu("ERR_NPMU_ENDPOINT_STATE",
+                              std::string("endpoint is ") + res_->StateName() + ", not connected");
+    batch->Complete(env, 0, r);
+    return p;
+  }
+  std::vector<WrSpec> specs{std::move(spec)};
+  std::shared_ptr<EndpointRes> keep = res_;
+  keep->Post(env, specs, {0}, batch, true);
+  return p;
+}
+
+Napi::Value Endpoint::Write(const Napi::CallbackInfo& info) {
+  WrSpec s;
+  s.op = Op::Write;
+  CheckSlice(info.Env(), s, info[0], info[1], info[2], "");
+  CheckRemote(info.Env(), s, info[3], info[4], "");
+  return PostOne(info.Env(), std::move(s), Batch::Kind::Void);
+}
+
+Napi::Value Endpoint::Read(const Napi::CallbackInfo& info) {
+  WrSpec s;
+  s.op = Op::Read;
+  CheckSlice(info.Env(), s, info[0], info[1], info[2], "");
+  CheckRemote(info.Env(), s, info[3], info[4], "");
+  return PostOne(info.Env(), std::move(s), Batch::Kind::Void);
+}
+
+Napi::Value Endpoint::Send(const Napi::CallbackInfo& info) {
+  WrSpec s;
+  s.op = Op::Send;
+  CheckSlice(info.Env(), s, info[0], info[1], info[2], "");
+  return PostOne(info.Env(), std::move(s), Batch::Kind::Void);
+}
+
+Napi::Value Endpoint::Recv(const Napi::CallbackInfo& info) {
+  WrSpec s;
+  s.op = Op::Recv;
+  CheckSlice(info.Env(), s, info[0], info[1], info[2], "");
+  return PostOne(info.Env(), std::move(s), Batch::Kind::Number);
+}
+
+Napi::Value Endpoint::CompareSwap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  WrSpec s;
+  s.op = Op::Cas;
+  CheckSlice(env, s, info[0], info[1], env.Undefined(), "");
+  CheckRemote(env, s, info[2], info[3], "");
+  s.compare = ToU64OrNegative(env, info[4], "compare");
+  s.swap = ToU64OrNegative(env, info[5], "swap");
+  return PostOne(env, std::move(s), Batch::Kind::Value);
+}
+
+Napi::Value Endpoint::FetchAdd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  WrSpec s;
+  s.op = Op::Faa;
+  CheckSlice(env, s, info[0], info[1], env.Undefined(), "");
+  CheckRemote(env, s, info[2], info[3], "");
+  s.compare = ToU64OrNegative(env, info[4], "add");
+  return PostOne(env, std::move(s), Batch::Kind::Value);
+}
+
+Napi::Value Endpoint::Post(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray()) ThrowArgType(env, "wrs", "an instance of Array", info[0]);
+  Napi::Array arr = info[0].As<Napi::Array>();
+  uint32_t n = arr.Length();
+  if (n > 65536) ThrowOutOfRange(env, "wrs.length", "<= 65536", Napi::Number::New(env, n));
+  std::vector<WrSpec> specs;
+  std::vector<size_t> slots;
+  specs.reserve(n);
+  for (uint32_t i = 0; i < n; i++) {
+    std::string name = "wrs[" + std::to_string(i) + "]";
+    specs.push_back(ParseWorkRequest(env, arr.Get(i), name));
+    CheckLocalMr(env, *res_, specs.back(), name + ".");
+    slots.push_back(i);
+  }
+  auto batch = std::make_shared<Batch>(env, Batch::Kind::Results, n);
+  Napi::Promise p = batch->deferred.Promise();
+  if (!res_->connected()) {
+    batch->deferred.Reject(MakeError(env, Failure::Npmu("ERR_NPMU_ENDPOINT_STATE",
+                                                         std::string("endpoint is ") + res_->StateName() +
+                                                             ", not connected"))
+                               .Value());
+    batch->settled = true;
+    return p;
+  }
+  if (n == 0) {
+    batch->Settle(env);
+    return p;
+  }
+  std::shared_ptr<EndpointRes> keep = res_;
+  keep->Post(env, specs, slots, batch, true);
+  return p;
+}
+
+Napi::Value Endpoint::Disconnect(const Napi::CallbackInfo& info) {
+  res_->Disconnect();
+  return info.Env().Undefined();
+}
+
+Napi::Value Endpoint::Close(const Napi::CallbackInfo& info) {
+  std::shared_ptr<EndpointRes> keep = res_;
+  return keep->Close(info.Env());
+}
+
+// ---- module functions ------------------------------------------------------------------
+
+Napi::Value Connect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) ThrowArgType(env, "opts", "of type object", info[0]);
+  Napi::Object opts = info[0].As<Napi::Object>();
+  std::string host = ToStringArg(env, Prop(opts, "host"), "opts.host");
+  int port = static_cast<int>(ToInteger(env, Prop(opts, "port"), "opts.port", 1, 65535));
+  Napi::Value pdV = Prop(opts, "privateData");
+  std::vector<uint8_t> privateData;
+  if (!pdV.IsUndefined()) privateData = ToBytes(env, pdV, "opts.privateData", kMaxConnectPrivateData);
+  uint32_t timeoutMs =
+      static_cast<uint32_t>(OptInteger(env, Prop(opts, "timeoutMs"), "opts.timeoutMs", 1, 0x7fffffff, 5000));
+  EndpointOptions eo = ParseEndpointOptions(env, opts, "opts.");
+
+  auto reject = [&](const Failure& f) {
+    auto d = Napi::Promise::Deferred::New(env);
+    d.Reject(MakeError(env, f).Value());
+    return d.Promise();
+  };
+  sockaddr_storage ss;
+  Failure f;
+  if (!ParseAddress(host, port, &ss, &f)) return reject(f);
+  Napi::Object pdObj = eo.pdObj;
+  auto ep = EndpointRes::Create(GetData(env)->reg, eo, &f);
+  if (!ep) return reject(f);
+  if (!pdObj.IsEmpty()) ep->pdObj = Napi::Persistent(pdObj);
+  return ep->StartConnect(env, reinterpret_cast<sockaddr*>(&ss), timeoutMs, std::move(privateData));
+}
+
+Napi::Value PostAll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray()) ThrowArgType(env, "items", "an instance of Array", info[0]);
+  Napi::Array arr = info[0].As<Napi::Array>();
+  uint32_t n = arr.Length();
+  if (n > 65536) ThrowOutOfRange(env, "items.length", "<= 65536", Napi::Number::New(env, n));
+  struct Group {
+    std::shared_ptr<EndpointRes> ep;
+    std::vector<WrSpec> specs;
+    std::vector<size_t> slots;
+    std::shared_ptr<size_t> pending;
+  };
+  std::vector<Group> groups;
+  std::map<EndpointRes*, size_t> index;
+  for (uint32_t i = 0; i < n; i++) {
+    std::string name = "items[" + std::to_string(i) + "]";
+    Napi::Value item = arr.Get(i);
+    if (!item.IsObject()) ThrowArgType(env, name, "of type object", item);
+    Endpoint* ep = UnwrapTagged<Endpoint>(env, Prop(item.As<Napi::Object>(), "ep"), kEndpointTag, name + ".ep",
+                                          "Endpoint");
+    WrSpec s = ParseWorkRequest(env, item, name);
+    CheckLocalMr(env, *ep->res(), s, name + ".");
+    auto it = index.find(ep->res().get());
+    if (it == index.end()) {
+      it = index.emplace(ep->res().get(), groups.size()).first;
+      groups.push_back(Group{ep->res(), {}, {}, nullptr});
+    }
+    groups[it->second].specs.push_back(std::move(s));
+    groups[it->second].slots.push_back(i);
+  }
+  auto batch = std::make_shared<Batch>(env, Batch::Kind::Results, n);
+  Napi::Promise p = batch->deferred.Promise();
+  if (n == 0) {
+    batch->Settle(env);
+    return p;
+  }
+  // Post every group before waiting on any (a mirrored write reaches both halves at once).
+  for (Group& g : groups) {
+    if (!g.ep->connected()) {
+      for (size_t slot : g.slots) {
+        Result r;
+        r.failure = Failure::Npmu("ERR_NPMU_ENDPOINT_STATE",
+                                  std::string("endpoint is ") + g.ep->StateName() + ", not connected");
+        batch->Complete(env, slot, r);
+      }
+      g.specs.clear();
+      continue;
+    }
+    g.pending = g.ep->Post(env, g.specs, g.slots, batch, false);
+  }
+  // Busy-poll endpoints: spin on each until its own work requests are in.
+  for (Group& g : groups)
+    if (g.pending && g.ep->busyPoll) g.ep->Spin(env, g.pending);
+  return p;
+}
+
+}  // namespace npmu

@@ -1,0 +1,78 @@
+// Work requests: parsing from JS, the per-WR record that rides in wr_id, and
+// the batch (one promise) a set of records settles.
+#pragma once
+
+#include <infiniband/verbs.h>
+#include <napi.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mr.h"
+#include "util/errors.h"
+
+namespace npmu {
+
+class EndpointRes;
+
+enum class Op { Write, Read, Send, Recv, Cas, Faa };
+
+// A validated work request, not yet posted.
+struct WrSpec {
+  Op op = Op::Write;
+  std::shared_ptr<MrRes> mr;
+  Napi::Object mrObj;  // the MR's JS object, held while in flight
+  size_t offset = 0, length = 0;
+  uint64_t remoteAddr = 0;
+  uint32_t rkey = 0;
+  uint64_t compare = 0, swap = 0;  // cas: compare/swap; faa: compare = add
+};
+
+// Parses {op, mr, offset, length, remoteAddr?, rkey?, compare?, swap?, add?}.
+WrSpec ParseWorkRequest(Napi::Env env, Napi::Value v, const std::string& name);
+// Validates a local slice + remote part given positionally.
+void CheckSlice(Napi::Env env, WrSpec& s, Napi::Value mr, Napi::Value offset, Napi::Value length,
+                const std::string& prefix);
+void CheckRemote(Napi::Env env, WrSpec& s, Napi::Value remoteAddr, Napi::Value rkey, const std::string& prefix);
+
+struct Result {
+  bool done = false;
+  bool ok = false;
+  bool hasByteLength = false;
+  bool hasValue = false;
+  uint32_t byteLength = 0;
+  uint64_t value = 0;
+  Failure failure;
+};
+
+// One promise over one or more work requests.
+struct Batch {
+  enum class Kind { Void, Number, Value, Results };
+  Kind kind = Kind::Results;
+  Napi::Promise::Deferred deferred;
+  std::vector<Result> results;
+  size_t remaining = 0;
+  bool settled = false;
+
+  Batch(Napi::Env env, Kind k, size_t n);
+  // Records result i; settles the promise when the last one is in (JS allowed).
+  void Complete(Napi::Env env, size_t i, Result r);
+  void Settle(Napi::Env env);
+};
+
+// wr_id of every posted work request points at one of these.
+struct WrRecord {
+  EndpointRes* ep = nullptr;
+  Op op = Op::Write;
+  std::shared_ptr<MrRes> mr;
+  Napi::ObjectReference mrObj;
+  uint8_t* local = nullptr;  // atomics: the 8-byte result slot
+  std::shared_ptr<Batch> batch;
+  size_t slot = 0;
+  std::shared_ptr<size_t> groupPending;  // busy-poll: records of this post still out
+};
+
+const char* OpName(Op op);
+
+}  // namespace npmu

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The README's test command (`npm test`). Builds everything, then:
+#   1. pure-logic tests natively (metadata, allocation, protocol, mapping…);
+#   2. every RDMA test on a real rxe device: natively when this host has an
+#      ACTIVE RDMA device, else inside the micro-VM (scripts/rxe-vm.sh), all test
+#      files sharing ONE boot and ONE node process (JS is ~25x slower under TCG);
+#   3. the power-cut test, which needs the VM's emulated NVDIMMs: write, kill -9
+#      qemu, boot again, check.
+# No RDMA test is ever skipped: if neither a device nor the VM can run them,
+# this fails. The last line is "N passed, N failed".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+mkdir -p .cache/test
+log=.cache/test
+
+echo "== build"
+[ -f build/Release/npmu_native.node ] || npx cmake-js compile >"$log/cmake.log" 2>&1 || { cat "$log/cmake.log"; exit 1; }
+npx cmake-js build >"$log/cmake.log" 2>&1 || { cat "$log/cmake.log"; exit 1; }
+npx tsc -p tsconfig.json
+
+passed=0; failed=0
+# tap prints "# { total: N, pass: N, fail: N, ... }" at the end of a run.
+count() {
+  local line; line=$(grep -E '^# \{ total: [0-9]+' "$1" | tail -n 1 || true)
+  local p f
+  p=$(sed -nE 's/.*pass: ([0-9]+).*/\1/p' <<<"$line"); f=$(sed -nE 's/.*fail: ([0-9]+).*/\1/p' <<<"$line")
+  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+  [ -n "$line" ] || { echo "!! $1: no tap summary (run crashed?)"; failed=$((failed + 1)); }
+}
+
+status=0
+echo "== pure-logic tests (native host)"
+npx tap --reporter=terse dist/test/unit 2>&1 | tee "$log/unit.tap" || status=1
+count "$log/unit.tap"
+
+echo "== RDMA tests"
+if node -e "process.exit(require('./dist/lib/verbs').firstActiveDevice() ? 0 : 1)" 2>/dev/null; then
+  echo "   host has an ACTIVE RDMA device: running natively"
+  node --expose-gc dist/test/rdma/run.js 2>&1 | tee "$log/rdma.tap" || status=1
+else
+  echo "   no RDMA device on this host: running in the rxe micro-VM (one boot)"
+  scripts/rxe-vm.sh --timeout 2400 \
+    --nvdimm "$root/.cache/test/nv0.img:256M" --nvdimm "$root/.cache/test/nv1.img:256M" \
+    -- node --expose-gc dist/test/rdma/run.js 2>&1 | tee "$log/rdma.tap" || status=1
+fi
+count "$log/rdma.tap"
+
+echo "== power-cut test (micro-VM, emulated NVDIMM, kill -9 of qemu)"
+node dist/test/powercut/run.js 2>&1 | tee "$log/powercut.tap" || status=1
+count "$log/powercut.tap"
+
+[ "$failed" -eq 0 ] || status=1
+echo "tests: $passed passed, $failed failed"
+exit $status
