@@ -29,25 +29,38 @@ count() {
   [ -n "$line" ] || { echo "!! $1: no tap summary (run crashed?)"; failed=$((failed + 1)); }
 }
 
+# Each run's full TAP goes to .cache/test/*.tap; the screen gets the top-level
+# results (and the whole TAP of a run that failed).
+show() {
+  grep -E '^(ok|not ok) |^# (RDMA tests on|\{ total)' "$1" || true
+  if grep -qE '^\s*not ok ' "$1" || ! grep -qE '^# \{ total' "$1"; then
+    echo "---- $1 (full) ----"; cat "$1"
+  fi
+}
+
+export TAP_TIMEOUT=0 # rxe-vm.sh and the tests bound their own waits
 status=0
 echo "== pure-logic tests (native host)"
-npx tap --reporter=terse dist/test/unit 2>&1 | tee "$log/unit.tap" || status=1
+npx tap --reporter=tap dist/test/unit/*.test.js >"$log/unit.tap" 2>&1 || status=1
+show "$log/unit.tap"
 count "$log/unit.tap"
 
 echo "== RDMA tests"
 if node -e "process.exit(require('./dist/lib/verbs').firstActiveDevice() ? 0 : 1)" 2>/dev/null; then
   echo "   host has an ACTIVE RDMA device: running natively"
-  node --expose-gc dist/test/rdma/run.js 2>&1 | tee "$log/rdma.tap" || status=1
+  node --expose-gc dist/test/rdma/run.js >"$log/rdma.tap" 2>&1 || status=1
 else
   echo "   no RDMA device on this host: running in the rxe micro-VM (one boot)"
   scripts/rxe-vm.sh --timeout 2400 \
     --nvdimm "$root/.cache/test/nv0.img:256M" --nvdimm "$root/.cache/test/nv1.img:256M" \
-    -- node --expose-gc dist/test/rdma/run.js 2>&1 | tee "$log/rdma.tap" || status=1
+    -- node --expose-gc dist/test/rdma/run.js >"$log/rdma.tap" 2>&1 || status=1
 fi
+show "$log/rdma.tap"
 count "$log/rdma.tap"
 
 echo "== power-cut test (micro-VM, emulated NVDIMM, kill -9 of qemu)"
-node dist/test/powercut/run.js 2>&1 | tee "$log/powercut.tap" || status=1
+node dist/test/powercut/run.js >"$log/powercut.tap" 2>&1 || status=1
+show "$log/powercut.tap"
 count "$log/powercut.tap"
 
 [ "$failed" -eq 0 ] || status=1
