@@ -63,6 +63,16 @@ node dist/test/powercut/run.js >"$log/powercut.tap" 2>&1 || status=1
 show "$log/powercut.tap"
 count "$log/powercut.tap"
 
+echo "== unit power-cut test (devdax unit: metadata + RDMA data persisted, kill -9, boot again)"
+node dist/test/powercut/unit-run.js >"$log/powercut-unit.tap" 2>&1 || status=1
+show "$log/powercut-unit.tap"
+count "$log/powercut-unit.tap"
+
+echo "== PMM power-cut test (two NVDIMMs, kill -9 during a create/write/delete burst, boot again)"
+node dist/test/powercut/pmm-run.js >"$log/pmm-powercut.tap" 2>&1 || status=1
+show "$log/pmm-powercut.tap"
+count "$log/pmm-powercut.tap"
+
 [ "$failed" -eq 0 ] || status=1
 echo "tests: $passed passed, $failed failed"
 exit $status

@@ -1,0 +1,786 @@
+/**
+ * The application API ([0055], [0064]-[0099]): the region verbs a Node
+ * program calls.
+ *
+ * ```ts
+ * const c = await NpmuClient.attach({ pmm: { host, port }, client: 'alice', secret, volume: 'vol0' });
+ * await c.createRegion('log', 1 << 20, 0x7f0000000000n);
+ * const h = await c.openRegion('log');
+ * await c.writeRegion(h, buf, buf.length, h.basePointer);           // both halves, durable
+ * await c.readRegion(h, out, out.length, h.basePointer);            // any half, fails over
+ * await c.closeRegion(h);
+ * await c.close();
+ * ```
+ *
+ * Management verbs go to the PMM over TCP; data goes straight from the
+ * caller's memory to the units by one-sided RDMA WRITE/READ, the PMM nowhere
+ * on the path ([0045]). At attach the client connects to both units with the
+ * tickets the PMM issued; each connection has its own protection domain.
+ *
+ * ## Local buffers
+ * RDMA needs the caller's memory registered with each unit connection's PD.
+ * - Transfers of up to `stagingThreshold` bytes (16 KiB by default) are
+ *   copied through a staging area registered once at attach: a memcpy of a
+ *   few KiB costs far less than `ibv_reg_mr` (a system call that pins pages)
+ *   and small Node Buffers share 8 KiB pools that should not be pinned.
+ * - Larger transfers go zero-copy ([0086]): the Buffer's whole ArrayBuffer is
+ *   registered on first use and the registration cached (LRU, 64 entries by
+ *   default) so a reused buffer costs nothing. A cached registration pins its
+ *   memory until evicted: `releaseBuffer(buf)` drops it at once.
+ *
+ * ## Durability (per region by default, per write with `{durable}`)
+ * - pmem units (devdax): the WRITE then a READ of its last bytes on the same
+ *   connection, both posted together; the READ completes only after the WRITE
+ *   has reached the unit's persistent memory.
+ * - msync units (files): after the WRITE completes, `persist-range` to the
+ *   unit over its control connection; its reply means msync(MS_SYNC) is done.
+ * - volatile units (tmpfs): nothing can make the data survive power loss;
+ *   the result says `durable: false, durability: 'volatile'`.
+ */
+import { EventEmitter } from 'node:events';
+import { NpmuError, argRangeError, argTypeError, argValueError } from './errors';
+import { ControlConnection, MAX_LIST } from './protocol';
+import type { OkReply, ReplyBody } from './protocol';
+import * as verbs from './verbs';
+import type { Endpoint, MemoryRegion, WorkRequest, WorkResult } from './verbs';
+import { AttrCache } from '../pmm/attrs';
+
+/** Which half a write goes to ([0088]). */
+export const Mirror = { BOTH: 'both', PRIMARY: 'primary', MIRROR: 'mirror' } as const;
+export type MirrorMode = (typeof Mirror)[keyof typeof Mirror];
+/** Which half a read comes from ([0090]). ANY fails over transparently ([0091]-[0092]). */
+export const ReadFrom = { ANY: 'any', PRIMARY: 'primary', MIRROR: 'mirror' } as const;
+export type ReadMode = (typeof ReadFrom)[keyof typeof ReadFrom];
+
+export type Half = 'primary' | 'mirror';
+export type Durability = 'pmem' | 'msync' | 'volatile';
+const HALVES: readonly Half[] = ['primary', 'mirror'];
+const U64 = 1n << 64n;
+
+export interface AttachOptions {
+  /** The PMM's control address. */
+  pmm: { host: string; port: number };
+  /** Client name, as in the PMM's clients file. */
+  client: string;
+  /** The client's secret (≤ 256 UTF-8 bytes). */
+  secret: string | Uint8Array;
+  /** Volume to attach to ([0075] pm_volume). */
+  volume: string;
+  /** Timeout of each management request, ms. Default 30000. */
+  timeoutMs?: number;
+  /** Spin on the completion queue instead of sleeping (lower latency, one busy core). Default false. */
+  busyPoll?: boolean;
+  /** Transfers up to this many bytes are staged through pre-registered memory. Default 16384. */
+  stagingThreshold?: number;
+  /** Concurrent staged transfers. Default 16. */
+  stagingSlots?: number;
+  /** Most cached registrations of caller buffers. Default 64. */
+  maxCachedBuffers?: number;
+  /**
+   * Connect to the units (the data path). Default true; false gives a
+   * management-only client (create/delete/list/attributes; open works but
+   * reads and writes fail with ERR_NPMU_HALF_UNAVAILABLE) that needs no RDMA device.
+   */
+  connectUnits?: boolean;
+}
+
+/** One half of an open region ([0066]): where and how to reach it. */
+export interface RegionHalf {
+  readonly unitId: string;
+  /** The base network virtual address (the iova of the region's first byte). */
+  readonly baseNva: bigint;
+  /** The memory context handle ([0068]: the R_key). */
+  readonly rkey: number;
+  /** The unit's mapping id (for persist-range). */
+  readonly mapId: string;
+  readonly durability: Durability;
+  /** False if the half could not be mapped at open. */
+  readonly available: boolean;
+}
+
+/** [0066] region_handle: everything the data verbs need, like a file descriptor. */
+export class RegionHandle {
+  readonly name: string;
+  readonly size: number;
+  /** [0069] the pointer value of the region's first byte, fixed for life. */
+  readonly basePointer: bigint;
+  readonly pmmId: string;
+  /** The region's default for writes. */
+  readonly durable: boolean;
+  readonly handleId: number;
+  readonly primary: RegionHalf;
+  readonly mirror: RegionHalf;
+  /** @internal */
+  readonly owner: NpmuClient;
+  #closed = false;
+
+  /** @internal */
+  constructor(owner: NpmuClient, r: ReplyBody<'open-region'>) {
+    this.owner = owner;
+    this.name = r.name;
+    this.size = r.size;
+    this.basePointer = BigInt(r.basePointer);
+    this.pmmId = r.pmmId;
+    this.durable = r.durable;
+    this.handleId = r.handleId;
+    const half = (h: ReplyBody<'open-region'>['primary']): RegionHalf =>
+      Object.freeze({ unitId: h.unitId, baseNva: BigInt(h.iova), rkey: h.rkey, mapId: h.mapId, durability: h.durability, available: h.available });
+    this.primary = half(r.primary);
+    this.mirror = half(r.mirror);
+  }
+
+  /** One past the last valid pointer: basePointer + size. */
+  get end(): bigint {
+    return this.basePointer + BigInt(this.size);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** The pointer of byte `offset` of the region. */
+  pointer(offset: number | bigint): bigint {
+    return this.basePointer + BigInt(offset);
+  }
+
+  /** @internal */
+  markClosed(): void {
+    this.#closed = true;
+  }
+}
+
+export interface WriteOptions {
+  mirror?: MirrorMode;
+  /** Default: the region's `durable` attribute. */
+  durable?: boolean;
+}
+
+export interface WriteResult {
+  bytes: number;
+  /** The halves written. */
+  halves: Half[];
+  /** True only if durability was asked for and every half written can promise it. */
+  durable: boolean;
+  /** How durability was obtained: the weakest of the halves written ('none' when not asked). */
+  durability: Durability | 'none';
+}
+
+export interface ReadOptions {
+  mirror?: ReadMode;
+}
+
+export interface ReadResult {
+  bytes: number;
+  /** The half the bytes came from. */
+  half: Half;
+  /** True when ANY read from the mirror because the primary failed ([0091]). */
+  failedOver: boolean;
+}
+
+export type VolumeStatus = Omit<OkReply<'volume-status'>, 'v' | 'id' | 'type'>;
+
+/** A client's connection to one unit: RDMA for data, TCP for persist-range. */
+interface UnitPath {
+  half: Half;
+  unitId: string;
+  host: string;
+  ep: Endpoint | null;
+  ctl: ControlConnection | null;
+  staging: MemoryRegion | null;
+  scratch: MemoryRegion | null;
+  usable: boolean;
+  lastError: Error | null;
+}
+
+interface CachedRegistration {
+  mrs: Partial<Record<Half, MemoryRegion>>;
+  inflight: number;
+}
+
+interface LocalSlice {
+  mr(h: Half): MemoryRegion;
+  offset: number;
+  staged: boolean;
+  release(): void;
+}
+
+// ---------------------------------------------------------------------------
+// argument checks (before anything reaches the verbs)
+
+function checkName(name: unknown, what = 'name'): string {
+  if (typeof name !== 'string') throw argTypeError(what, 'of type string', name);
+  const n = Buffer.byteLength(name, 'utf8');
+  if (n < 1 || n > 64) throw argValueError(what, 'must be 1 to 64 UTF-8 bytes', name);
+  if (name.includes('\0')) throw argValueError(what, 'must not contain NUL', name);
+  if (/\p{Cs}/u.test(name)) throw argValueError(what, 'must be well-formed Unicode', name);
+  return name;
+}
+
+function checkU64(v: unknown, what: string): bigint {
+  if (typeof v === 'bigint') {
+    if (v < 0n || v >= U64) throw argRangeError(what, '>= 0n and < 2n ** 64n', v);
+    return v;
+  }
+  if (typeof v === 'number') {
+    if (!Number.isSafeInteger(v) || v < 0) throw argRangeError(what, 'a non-negative safe integer (or a bigint)', v);
+    return BigInt(v);
+  }
+  throw argTypeError(what, 'of type bigint or number', v);
+}
+
+function checkPositiveInt(v: unknown, what: string, max = Number.MAX_SAFE_INTEGER): number {
+  if (typeof v !== 'number') throw argTypeError(what, 'of type number', v);
+  if (!Number.isSafeInteger(v) || v < 1 || v > max) throw argRangeError(what, `an integer >= 1 and <= ${max}`, v);
+  return v;
+}
+
+function checkView(buf: unknown, what = 'buf'): ArrayBufferView {
+  if (!ArrayBuffer.isView(buf)) throw argTypeError(what, 'a Buffer, TypedArray or DataView', buf);
+  return buf;
+}
+
+function checkEnum<T extends string>(v: unknown, what: string, values: readonly T[]): T {
+  if (typeof v !== 'string' || !values.includes(v as T)) throw argValueError(what, `must be one of ${values.map((x) => `'${x}'`).join(', ')}`, v);
+  return v as T;
+}
+
+function checkOptions(o: unknown, what: string): Record<string, unknown> {
+  if (o === undefined) return {};
+  if (o === null || typeof o !== 'object') throw argTypeError(what, 'an object', o);
+  return o as Record<string, unknown>;
+}
+
+function unavailable(half: Half | 'both', why: string, props: Record<string, unknown> = {}): NpmuError {
+  const msg = half === 'both' ? `neither half is available: ${why}` : `the ${half} unit is unavailable: ${why}`;
+  return new NpmuError('ERR_NPMU_HALF_UNAVAILABLE', msg, { half, ...props });
+}
+
+// ---------------------------------------------------------------------------
+
+/**
+ * An attached client: one session on one volume. Events: `'half-down'`
+ * (half, error) when a unit can no longer be reached, `'pmm-disconnected'`
+ * when the PMM connection goes (the data path keeps working; management
+ * verbs then fail with ERR_NPMU_DISCONNECTED).
+ */
+export class NpmuClient extends EventEmitter {
+  readonly client: string;
+  readonly volume: string;
+  readonly sessionId: string;
+  readonly pmmId: string;
+  readonly #pmm: ControlConnection;
+  readonly #timeoutMs: number;
+  readonly #paths: Record<Half, UnitPath>;
+  readonly #handles = new Set<RegionHandle>();
+  readonly #threshold: number;
+  readonly #maxCached: number;
+  #stagingBuf: Buffer;
+  #freeSlots: number[];
+  #cache = new Map<ArrayBufferLike, CachedRegistration>();
+  #inflight = 0;
+  #closed = false;
+
+  private constructor(o: AttachOptions, pmm: ControlConnection, r: ReplyBody<'attach'>, threshold: number, slots: number) {
+    super();
+    this.client = o.client;
+    this.volume = o.volume;
+    this.sessionId = r.sessionId;
+    this.pmmId = r.pmmId;
+    this.#pmm = pmm;
+    this.#timeoutMs = o.timeoutMs ?? 30_000;
+    this.#threshold = threshold;
+    this.#maxCached = o.maxCachedBuffers ?? 64;
+    this.#stagingBuf = Buffer.alloc(threshold * slots);
+    this.#freeSlots = Array.from({ length: slots }, (_, i) => i);
+    const path = (h: Half): UnitPath => ({
+      half: h,
+      unitId: r.units[h].unitId,
+      host: r.units[h].host,
+      ep: null,
+      ctl: null,
+      staging: null,
+      scratch: null,
+      usable: false,
+      lastError: r.units[h].available ? null : new Error('the PMM reports this unit unavailable'),
+    });
+    this.#paths = { primary: path('primary'), mirror: path('mirror') };
+    pmm.on('close', () => {
+      if (!this.#closed) this.emit('pmm-disconnected');
+    });
+  }
+
+  /**
+   * Attaches to a volume: authenticates with the PMM, then connects to both
+   * units with the tickets it issues. A unit that cannot be reached leaves
+   * its half unavailable (reads fail over; writes to it fail).
+   */
+  static async attach(opts: AttachOptions): Promise<NpmuClient> {
+    const o = checkOptions(opts, 'opts') as unknown as AttachOptions;
+    const pmmOpt = checkOptions(o.pmm, 'opts.pmm');
+    if (typeof pmmOpt.host !== 'string' || pmmOpt.host === '') throw argTypeError('opts.pmm.host', 'a non-empty string', pmmOpt.host);
+    checkPositiveInt(pmmOpt.port, 'opts.pmm.port', 65535);
+    if (typeof o.client !== 'string' || o.client === '') throw argTypeError('opts.client', 'a non-empty string', o.client);
+    if (typeof o.volume !== 'string' || o.volume === '') throw argTypeError('opts.volume', 'a non-empty string', o.volume);
+    const secret = typeof o.secret === 'string' ? Buffer.from(o.secret, 'utf8') : o.secret instanceof Uint8Array ? o.secret : undefined;
+    if (!secret) throw argTypeError('opts.secret', 'a string or a Uint8Array', o.secret);
+    if (secret.length > 256) throw argRangeError('opts.secret', 'at most 256 bytes', secret.length);
+    const threshold = o.stagingThreshold === undefined ? 16384 : checkPositiveInt(o.stagingThreshold, 'opts.stagingThreshold', 1 << 24);
+    const slots = o.stagingSlots === undefined ? 16 : checkPositiveInt(o.stagingSlots, 'opts.stagingSlots', 1024);
+    if (o.maxCachedBuffers !== undefined) checkPositiveInt(o.maxCachedBuffers, 'opts.maxCachedBuffers', 1 << 16);
+    if (o.timeoutMs !== undefined) checkPositiveInt(o.timeoutMs, 'opts.timeoutMs');
+    if (o.busyPoll !== undefined && typeof o.busyPoll !== 'boolean') throw argTypeError('opts.busyPoll', 'of type boolean', o.busyPoll);
+    if (o.connectUnits !== undefined && typeof o.connectUnits !== 'boolean') throw argTypeError('opts.connectUnits', 'of type boolean', o.connectUnits);
+
+    const pmm = await ControlConnection.connect({ host: pmmOpt.host as string, port: pmmOpt.port as number, defaultTimeoutMs: o.timeoutMs ?? 30_000 });
+    let client: NpmuClient | undefined;
+    try {
+      const r = await pmm.request('attach', { client: o.client, credential: secret, volume: o.volume });
+      client = new NpmuClient(o, pmm, r, threshold, slots);
+      if (o.connectUnits !== false) await Promise.all(HALVES.map((h) => client!.#connectUnit(h, r, o.busyPoll ?? false)));
+      else for (const h of HALVES) client.#paths[h].lastError = new Error('this client was attached without the data path (connectUnits: false)');
+      return client;
+    } catch (err) {
+      if (client) await client.close().catch(() => undefined);
+      else pmm.destroy();
+      throw err;
+    }
+  }
+
+  async #connectUnit(h: Half, r: ReplyBody<'attach'>, busyPoll: boolean): Promise<void> {
+    const u = r.units[h];
+    const p = this.#paths[h];
+    if (!u.available) return;
+    const ticket = Buffer.from(r.tickets[h], 'base64');
+    try {
+      const ep = await verbs.connect({ host: u.host, port: u.rdmaPort, privateData: ticket, busyPoll, timeoutMs: 10_000 });
+      p.ep = ep;
+      ep.onEvent = (ev) => this.#halfDown(h, ev.type === 'error' ? ev.error : new NpmuError('ERR_NPMU_DISCONNECTED', `the ${h} unit disconnected`));
+      const access = verbs.Access.LOCAL_WRITE;
+      p.staging = verbs.registerMemory(ep.pd, this.#stagingBuf, { access });
+      p.scratch = verbs.registerMemory(ep.pd, Buffer.alloc(64), { access });
+      const ctl = await ControlConnection.connect({ host: u.host, port: u.controlPort, defaultTimeoutMs: this.#timeoutMs });
+      p.ctl = ctl;
+      await ctl.request('hello', { ticket });
+      ctl.on('close', () => this.#halfDown(h, new NpmuError('ERR_NPMU_DISCONNECTED', `the ${h} unit's control connection closed`)));
+      p.usable = true;
+    } catch (err) {
+      p.lastError = err as Error;
+      this.#halfDown(h, err as Error);
+    }
+  }
+
+  /** A half this client can no longer use: its connection failed or a transfer on it did. */
+  #halfDown(h: Half, why: Error): void {
+    const p = this.#paths[h];
+    const was = p.usable;
+    p.usable = false;
+    p.lastError = why;
+    if (was && !this.#closed) this.emit('half-down', h, why);
+  }
+
+  /** Whether a half can be used for data (it may still be unmapped for a given region). */
+  halfAvailable(h: Half): boolean {
+    return this.#paths[checkEnum(h, 'half', HALVES)].usable;
+  }
+
+  // ---- management verbs ([0078]-[0085], [0095]-[0099]) ---------------------
+
+  #request<T extends Parameters<ControlConnection['request']>[0]>(type: T, body: Parameters<ControlConnection['request']>[1] & object) {
+    if (this.#closed) return Promise.reject(new NpmuError('ERR_NPMU_CLOSED', 'the client is closed'));
+    return this.#pmm.request(type, body as never) as Promise<OkReply<T>>;
+  }
+
+  /**
+   * create_region ([0078]-[0081]): allocates `size` bytes on both halves.
+   * `basePointer` ([0069]) is the pointer value of the first byte, fixed for
+   * life; default 0 (file-like offsets). Errors: ERR_NPMU_REGION_EXISTS,
+   * ERR_NPMU_NO_SPACE, ERR_OUT_OF_RANGE (basePointer + size passes 2^64),
+   * ERR_NPMU_VOLUME_DEGRADED (a half is down).
+   */
+  async createRegion(name: string, size: number, basePointer: bigint | number = 0n, opts?: { durable?: boolean }): Promise<void> {
+    checkName(name);
+    checkPositiveInt(size, 'size');
+    const bp = checkU64(basePointer, 'basePointer');
+    if (bp + BigInt(size) > U64) throw argRangeError('basePointer', `such that basePointer + size <= 2n ** 64n (size ${size})`, bp);
+    const o = checkOptions(opts, 'opts');
+    if (o.durable !== undefined && typeof o.durable !== 'boolean') throw argTypeError('opts.durable', 'of type boolean', o.durable);
+    await this.#request('create-region', {
+      volume: this.volume,
+      name,
+      size,
+      basePointer: bp,
+      ...(o.durable === undefined ? {} : { durable: o.durable as boolean }),
+    });
+  }
+
+  /** delete_region ([0082]): ERR_NPMU_NO_SUCH_REGION, ERR_NPMU_REGION_OPEN (open by another client), ERR_NPMU_NOT_AUTHORIZED (not the owner). */
+  async deleteRegion(name: string): Promise<void> {
+    checkName(name);
+    await this.#request('delete-region', { volume: this.volume, name });
+    for (const h of this.#handles) if (h.name === name) this.#forget(h); // the PMM closed our own opens of it
+  }
+
+  /** open_region ([0083]-[0084]): maps the region on both halves for this client; returns its handle. */
+  async openRegion(name: string): Promise<RegionHandle> {
+    checkName(name);
+    const r = await this.#request('open-region', { volume: this.volume, name });
+    const h = new RegionHandle(this, r);
+    this.#handles.add(h);
+    return h;
+  }
+
+  /** close_region ([0085]): unmaps both halves; the handle is invalid after. */
+  async closeRegion(handle: RegionHandle): Promise<void> {
+    this.#checkHandle(handle);
+    this.#forget(handle);
+    await this.#request('close-region', { handleId: handle.handleId });
+  }
+
+  #forget(h: RegionHandle): void {
+    h.markClosed();
+    this.#handles.delete(h);
+  }
+
+  /** list_regions ([0095]): up to `max` names, and the volume's true region count. */
+  async listRegions(max: number = MAX_LIST): Promise<{ names: string[]; count: number }> {
+    if (typeof max !== 'number') throw argTypeError('max', 'of type number', max);
+    if (!Number.isSafeInteger(max) || max < 0 || max > MAX_LIST) throw argRangeError('max', `an integer in [0, ${MAX_LIST}]`, max);
+    const r = await this.#request('list-regions', { volume: this.volume, max });
+    return { names: r.names, count: r.count };
+  }
+
+  /** read_attributes ([0096]-[0097]): a cached snapshot, read with typed accessors ([0098]). */
+  async readAttributes(name: string): Promise<AttrCache> {
+    checkName(name);
+    const { attrs: a } = await this.#request('read-attributes', { volume: this.volume, name });
+    return new AttrCache({
+      name: a.name,
+      size: a.size,
+      basePointer: BigInt(a.basePointer),
+      owner: a.owner,
+      createdAtMs: a.createdAtMs,
+      lastOpenAtMs: a.lastOpenAtMs,
+      durability: a.durability,
+      durable: a.durable,
+      primaryUnit: this.#paths.primary.unitId,
+      mirrorUnit: this.#paths.mirror.unitId,
+    });
+  }
+
+  /** free_region_attrs ([0099]). */
+  freeRegionAttrs(attrs: AttrCache): void {
+    if (!(attrs instanceof AttrCache)) throw argTypeError('attrs', 'an AttrCache from readAttributes()', attrs);
+    attrs.free();
+  }
+
+  /** Health and usage of the volume and its two units. */
+  async volumeStatus(): Promise<VolumeStatus> {
+    const { v: _v, id: _id, type: _t, ...s } = await this.#request('volume-status', { volume: this.volume });
+    return s;
+  }
+
+  // ---- data verbs ([0086]-[0094]) --------------------------------------------
+
+  #checkHandle(handle: unknown): RegionHandle {
+    if (!(handle instanceof RegionHandle)) throw argTypeError('handle', 'a RegionHandle from openRegion()', handle);
+    if (handle.owner !== this) throw new NpmuError('ERR_NPMU_NOT_OWNER', `region handle ${handle.handleId} belongs to another client`);
+    if (handle.closed || this.#closed) throw new NpmuError('ERR_NPMU_BAD_HANDLE', `region handle ${handle.handleId} (${handle.name}) is closed`);
+    return handle;
+  }
+
+  /** Checks [pointer, pointer + len) ⊆ [base, base + size); returns the offset in the region. */
+  #checkRange(h: RegionHandle, pointer: unknown, len: number, what: string): bigint {
+    const p = checkU64(pointer, what);
+    if (p < h.basePointer || p + BigInt(len) > h.end) {
+      throw argRangeError(what, `within [basePointer, basePointer + size - len] = [${h.basePointer}, ${h.end - BigInt(len)}] of region ${h.name} (len ${len})`, p);
+    }
+    return p - h.basePointer;
+  }
+
+  #checkLen(len: unknown, buf: ArrayBufferView): number {
+    if (len === undefined) len = buf.byteLength;
+    if (typeof len !== 'number') throw argTypeError('len', 'of type number', len);
+    if (!Number.isSafeInteger(len) || len < 1 || len > buf.byteLength) throw argRangeError('len', `an integer in [1, buf.byteLength = ${buf.byteLength}]`, len);
+    if (len > 0x7fffffff) throw argRangeError('len', 'at most 2^31 - 1 bytes per transfer', len);
+    return len;
+  }
+
+  /**
+   * write_region ([0086]-[0088]): RDMA WRITE of `len` bytes of `buf` at
+   * `writePointer` (network address = pointer − base pointer + base NVA,
+   * [0087]). With Mirror.BOTH (default) both halves' work requests are
+   * posted before either is awaited. A half that is unavailable is
+   * ERR_NPMU_HALF_UNAVAILABLE (its `written` property lists the halves that
+   * did take the data).
+   */
+  async writeRegion(handle: RegionHandle, buf: ArrayBufferView, len: number | undefined, writePointer: bigint | number, opts?: WriteOptions): Promise<WriteResult> {
+    const h = this.#checkHandle(handle);
+    const view = checkView(buf);
+    const n = this.#checkLen(len, view);
+    const off = this.#checkRange(h, writePointer, n, 'writePointer');
+    const o = checkOptions(opts, 'opts');
+    const mirror = checkEnum(o.mirror ?? Mirror.BOTH, 'opts.mirror', Object.values(Mirror));
+    if (o.durable !== undefined && typeof o.durable !== 'boolean') throw argTypeError('opts.durable', 'of type boolean', o.durable);
+    const durable = (o.durable as boolean | undefined) ?? h.durable;
+    const halves: Half[] = mirror === 'both' ? ['primary', 'mirror'] : [mirror];
+    for (const half of halves) this.#usableFor(h, half);
+
+    const local = this.#local(view, n, halves);
+    this.#inflight++;
+    try {
+      if (local.staged) this.#stagingBuf.set(new Uint8Array(view.buffer, view.byteOffset, n), local.offset);
+      const items: Array<{ ep: Endpoint } & WorkRequest> = [];
+      const owner: Half[] = [];
+      for (const half of halves) {
+        const p = this.#paths[half];
+        const rh = h[half];
+        const remoteAddr = rh.baseNva + off;
+        items.push({ ep: p.ep!, op: 'write', mr: local.mr(half), offset: local.offset, length: n, remoteAddr, rkey: rh.rkey });
+        owner.push(half);
+        if (durable && rh.durability === 'pmem') {
+          // read-after-write: completes only once the WRITE has landed in the unit's pmem
+          const k = Math.min(8, n);
+          items.push({ ep: p.ep!, op: 'read', mr: p.scratch!, offset: 0, length: k, remoteAddr: remoteAddr + BigInt(n - k), rkey: rh.rkey });
+          owner.push(half);
+        }
+      }
+      const failed = await this.#post(items, owner);
+      const written = halves.filter((x) => !failed.has(x));
+      if (failed.size > 0) {
+        const [half, e] = [...failed][0]!;
+        throw unavailable(half, `write failed: ${e.message}`, { cause: e, written });
+      }
+      let durability: Durability | 'none' = 'none';
+      let isDurable = false;
+      if (durable) {
+        const modes = halves.map((x) => h[x].durability);
+        durability = modes.includes('volatile') ? 'volatile' : modes.includes('msync') ? 'msync' : 'pmem';
+        await Promise.all(
+          halves.map(async (x) => {
+            if (h[x].durability !== 'msync') return;
+            try {
+              await this.#paths[x].ctl!.request('persist-range', { sessionId: this.sessionId, mapId: h[x].mapId, offset: Number(off), length: n });
+            } catch (e) {
+              if ((e as NpmuError).code === 'ERR_NPMU_DISCONNECTED' || (e as NpmuError).code === 'ERR_NPMU_TIMEOUT') this.#halfDown(x, e as Error);
+              throw new NpmuError('ERR_NPMU_PERSIST_FAILED', `the ${x} unit did not persist the write: ${(e as Error).message}`, { half: x, cause: e, written });
+            }
+          }),
+        );
+        isDurable = durability !== 'volatile';
+      }
+      return { bytes: n, halves, durable: isDurable, durability };
+    } finally {
+      this.#inflight--;
+      local.release();
+    }
+  }
+
+  /**
+   * read_region ([0089]-[0094]): RDMA READ of `len` bytes at `readPointer`
+   * into `buf`. ReadFrom.ANY (default) reads the primary and, if that fails,
+   * the mirror, transparently ([0091]); PRIMARY / MIRROR read only that half
+   * and fail with ERR_NPMU_HALF_UNAVAILABLE if it cannot be read ([0093]-[0094]).
+   */
+  async readRegion(handle: RegionHandle, buf: ArrayBufferView, len: number | undefined, readPointer: bigint | number, opts?: ReadOptions): Promise<ReadResult> {
+    const h = this.#checkHandle(handle);
+    const view = checkView(buf);
+    const n = this.#checkLen(len, view);
+    const off = this.#checkRange(h, readPointer, n, 'readPointer');
+    const o = checkOptions(opts, 'opts');
+    const mode = checkEnum(o.mirror ?? ReadFrom.ANY, 'opts.mirror', Object.values(ReadFrom));
+    let order: Half[];
+    if (mode === 'any') {
+      order = HALVES.filter((x) => h[x].available && this.#paths[x].usable);
+      if (order.length === 0) throw unavailable('both', this.#why(h));
+    } else {
+      this.#usableFor(h, mode);
+      order = [mode];
+    }
+    const local = this.#local(view, n, order);
+    this.#inflight++;
+    try {
+      let last: Error | undefined;
+      for (const half of order) {
+        if (!this.#paths[half].usable) continue;
+        const p = this.#paths[half];
+        const rh = h[half];
+        const failed = await this.#post([{ ep: p.ep!, op: 'read', mr: local.mr(half), offset: local.offset, length: n, remoteAddr: rh.baseNva + off, rkey: rh.rkey }], [half]);
+        const e = failed.get(half);
+        if (e) {
+          last = e;
+          continue; // [0091] ANY: try the other half
+        }
+        if (local.staged) new Uint8Array(view.buffer, view.byteOffset, n).set(this.#stagingBuf.subarray(local.offset, local.offset + n));
+        return { bytes: n, half, failedOver: half !== order[0] };
+      }
+      throw unavailable(mode === 'any' ? 'both' : mode, `read failed: ${last?.message ?? this.#why(h)}`, { cause: last });
+    } finally {
+      this.#inflight--;
+      local.release();
+    }
+  }
+
+  #why(h: RegionHandle): string {
+    return HALVES.map((x) => `${x}: ${!h[x].available ? 'not mapped at open' : (this.#paths[x].lastError?.message ?? 'down')}`).join('; ');
+  }
+
+  #usableFor(h: RegionHandle, half: Half): void {
+    if (!h[half].available) throw unavailable(half, `region ${h.name} was not mapped on it at open`);
+    if (!this.#paths[half].usable) throw unavailable(half, this.#paths[half].lastError?.message ?? 'not connected');
+  }
+
+  /** Posts across endpoints; returns the halves whose work failed (and marks them down). */
+  async #post(items: Array<{ ep: Endpoint } & WorkRequest>, owner: Half[]): Promise<Map<Half, Error>> {
+    const failed = new Map<Half, Error>();
+    let results: WorkResult[];
+    try {
+      results = await verbs.postAll(items);
+    } catch {
+      // The post itself was refused (an endpoint no longer connected): find out which, half by half.
+      results = new Array<WorkResult>(items.length);
+      for (const half of new Set(owner)) {
+        const idx = owner.flatMap((o, i) => (o === half ? [i] : []));
+        try {
+          const res = await items[idx[0]!]!.ep.post(idx.map((i) => {
+            const { ep: _ep, ...wr } = items[i]!;
+            return wr as WorkRequest;
+          }));
+          idx.forEach((i, k) => (results[i] = res[k]!));
+        } catch (e) {
+          for (const i of idx) results[i] = { ok: false, error: e as Error };
+        }
+      }
+    }
+    results.forEach((r, i) => {
+      if (!r.ok && !failed.has(owner[i]!)) failed.set(owner[i]!, r.error);
+    });
+    for (const [half, e] of failed) this.#halfDown(half, e);
+    return failed;
+  }
+
+  // ---- local memory ------------------------------------------------------------
+
+  #local(view: ArrayBufferView, n: number, halves: readonly Half[]): LocalSlice {
+    if (n <= this.#threshold && this.#freeSlots.length > 0) {
+      const slot = this.#freeSlots.pop()!;
+      let released = false;
+      return {
+        mr: (h) => this.#paths[h].staging!,
+        offset: slot * this.#threshold,
+        staged: true,
+        release: () => {
+          if (!released) this.#freeSlots.push(slot);
+          released = true;
+        },
+      };
+    }
+    const ab = view.buffer;
+    let entry = this.#cache.get(ab);
+    if (entry) {
+      this.#cache.delete(ab); // LRU: move to the end
+    } else {
+      entry = { mrs: {}, inflight: 0 };
+    }
+    this.#cache.set(ab, entry);
+    for (const h of halves) {
+      if (!entry.mrs[h]) {
+        const ep = this.#paths[h].ep;
+        if (!ep) throw unavailable(h, 'not connected');
+        entry.mrs[h] = verbs.registerMemory(ep.pd, new Uint8Array(ab, 0, ab.byteLength), { access: verbs.Access.LOCAL_WRITE });
+      }
+    }
+    const e = entry;
+    e.inflight++;
+    this.#evict();
+    let released = false;
+    return {
+      mr: (h) => e.mrs[h]!,
+      offset: view.byteOffset,
+      staged: false,
+      release: () => {
+        if (!released) e.inflight--;
+        released = true;
+      },
+    };
+  }
+
+  #evict(): void {
+    if (this.#cache.size <= this.#maxCached) return;
+    for (const [ab, e] of this.#cache) {
+      if (this.#cache.size <= this.#maxCached) break;
+      if (e.inflight > 0) continue;
+      this.#dropRegistration(ab, e);
+    }
+  }
+
+  #dropRegistration(ab: ArrayBufferLike, e: CachedRegistration): void {
+    this.#cache.delete(ab);
+    for (const mr of Object.values(e.mrs)) {
+      try {
+        mr.close();
+      } catch {
+        // in use by a flushing request: its endpoint's close releases it
+      }
+    }
+  }
+
+  /** Drops the cached registration of `buf`'s memory (unpins it). */
+  releaseBuffer(buf: ArrayBufferView): boolean {
+    const view = checkView(buf);
+    const e = this.#cache.get(view.buffer);
+    if (!e) return false;
+    if (e.inflight > 0) throw new NpmuError('ERR_NPMU_BUSY', 'a transfer from this buffer is in flight');
+    this.#dropRegistration(view.buffer, e);
+    return true;
+  }
+
+  /** Registrations cached (for tests and diagnostics). */
+  get cachedBuffers(): number {
+    return this.#cache.size;
+  }
+
+  /** Handles open now. */
+  get openHandles(): RegionHandle[] {
+    return [...this.#handles];
+  }
+
+  /**
+   * Closes every open region (best effort), the PMM connection and both unit
+   * connections. Idempotent.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    for (const h of [...this.#handles]) {
+      this.#forget(h);
+      if (!this.#pmm.closed) await this.#pmm.request('close-region', { handleId: h.handleId }, { timeoutMs: 5000 }).catch(() => undefined);
+    }
+    this.#closed = true;
+    this.#pmm.close();
+    const mrs: MemoryRegion[] = [];
+    for (const e of this.#cache.values()) mrs.push(...Object.values(e.mrs));
+    this.#cache.clear();
+    for (const h of HALVES) {
+      const p = this.#paths[h];
+      p.usable = false;
+      p.ctl?.destroy();
+      if (p.staging) mrs.push(p.staging);
+      if (p.scratch) mrs.push(p.scratch);
+    }
+    const later: MemoryRegion[] = [];
+    for (const mr of mrs) {
+      try {
+        mr.close();
+      } catch {
+        later.push(mr);
+      }
+    }
+    await Promise.all(HALVES.map((h) => this.#paths[h].ep?.close().catch(() => undefined)));
+    for (const mr of later) {
+      try {
+        mr.close();
+      } catch {
+        // released with its endpoint
+      }
+    }
+  }
+}

@@ -1,0 +1,168 @@
+/**
+ * Inside the VM for powercut/pmm-run.ts. Two units on the emulated NVDIMMs,
+ * a PMM and a client, all in this process (the power cut takes them all).
+ *
+ *   burst         format both units, create volume "pc", then create / write /
+ *                 delete regions at random forever, printing what was
+ *                 acknowledged: "BEGIN op …" before an operation, "ACK op …"
+ *                 once it returned (writes are durable, to both halves).
+ *   check LOGFILE boot the same devices without formatting, let a PMM
+ *                 recover the volume, and check it against the log: it opens
+ *                 cleanly, both halves agree, no page is owned twice or
+ *                 leaked, every acknowledged create/delete stands, and every
+ *                 acknowledged write is on both halves. Prints CHECKED.
+ */
+import * as fs from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { UnitDevice } from '../../unit/device';
+import { UnitServer } from '../../unit/server';
+import { PmmServer } from '../../pmm/server';
+import { ClientRegistry, clientLine, parseClients } from '../../pmm/credentials';
+import { chooseNewest, usedExtents } from '../../pmm/metadata';
+import { readSlot } from '../../pmm/volume';
+import { NpmuClient, ReadFrom } from '../../lib/client';
+import type { RegionHandle } from '../../lib/client';
+import { ControlConnection } from '../../lib/protocol';
+import { daxDevices, deviceName, rdmaAddress } from '../rdma/fixture';
+
+const KEY = Buffer.alloc(32, 7); // both boots must share it; a test key
+const SECRET = 'powercut';
+const clients = new ClientRegistry({ entries: parseClients(clientLine('pc', SECRET, { logN: 4 })) });
+const SLOT = 64;
+
+async function units(format: boolean): Promise<UnitServer[]> {
+  const devs = daxDevices();
+  if (devs.length < 2) throw new Error('need two NVDIMMs (NPMU_DAX_DEVICES)');
+  const out: UnitServer[] = [];
+  for (const d of devs.slice(0, 2)) {
+    const device = UnitDevice.open(d, format ? { format: { label: 'powercut' }, force: true } : {});
+    out.push(await UnitServer.start({ device, key: KEY, host: rdmaAddress(), rdmaDevice: deviceName() }));
+  }
+  return out;
+}
+
+async function pmmOn(u: UnitServer[]): Promise<PmmServer> {
+  return PmmServer.start({
+    key: KEY,
+    clients,
+    host: rdmaAddress(),
+    port: 0,
+    units: u.map((x) => ({ host: x.host, controlPort: x.controlPort, rdmaPort: x.rdmaPort })),
+  });
+}
+
+async function burst(): Promise<void> {
+  const u = await units(true);
+  const pmm = await pmmOn(u);
+  const admin = await ControlConnection.connect({ host: rdmaAddress(), port: pmm.port });
+  await admin.request('create-volume', {
+    volume: 'pc',
+    primary: { host: u[0]!.host, controlPort: u[0]!.controlPort, rdmaPort: u[0]!.rdmaPort },
+    mirror: { host: u[1]!.host, controlPort: u[1]!.controlPort, rdmaPort: u[1]!.rdmaPort },
+    force: true,
+  });
+  admin.close();
+  const c = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'pc', secret: SECRET, volume: 'pc' });
+  const open = new Map<string, { h: RegionHandle; next: number }>();
+  let seq = 0;
+  console.log('READY');
+  for (;;) {
+    const r = Math.random();
+    if (open.size < 2 || (r < 0.15 && open.size < 6)) {
+      const name = `r${++seq}`;
+      const size = (1 + Math.floor(Math.random() * 2)) * (2 << 20) - Math.floor(Math.random() * 1000);
+      console.log(`BEGIN create ${name} ${size}`);
+      await c.createRegion(name, size, BigInt(seq) << 36n);
+      console.log(`ACK create ${name}`);
+      open.set(name, { h: await c.openRegion(name), next: 0 });
+    } else if (r < 0.25) {
+      const name = [...open.keys()][Math.floor(Math.random() * open.size)]!;
+      const o = open.get(name)!;
+      open.delete(name);
+      await c.closeRegion(o.h);
+      console.log(`BEGIN delete ${name}`);
+      await c.deleteRegion(name);
+      console.log(`ACK delete ${name}`);
+    } else {
+      const name = [...open.keys()][Math.floor(Math.random() * open.size)]!;
+      const o = open.get(name)!;
+      const slot = o.next++;
+      if ((slot + 1) * SLOT > o.h.size) continue;
+      const token = randomBytes(SLOT);
+      const w = await c.writeRegion(o.h, token, SLOT, o.h.basePointer + BigInt(slot * SLOT));
+      if (!w.durable) throw new Error(`a write was not durable: ${JSON.stringify(w)}`);
+      console.log(`ACK write ${name} ${slot} ${token.toString('hex')}`);
+    }
+  }
+}
+
+async function check(logFile: string): Promise<void> {
+  const log = fs.readFileSync(logFile, 'utf8').split('\n');
+  const began = new Set<string>();
+  const created = new Set<string>();
+  const deleting = new Set<string>();
+  const deleted = new Set<string>();
+  const writes: Array<{ name: string; slot: number; token: string }> = [];
+  for (const l of log) {
+    const f = l.trim().split(' ');
+    if (f[0] === 'BEGIN' && f[1] === 'create') began.add(f[2]!);
+    if (f[0] === 'ACK' && f[1] === 'create') created.add(f[2]!);
+    if (f[0] === 'BEGIN' && f[1] === 'delete') deleting.add(f[2]!);
+    if (f[0] === 'ACK' && f[1] === 'delete') deleted.add(f[2]!);
+    if (f[0] === 'ACK' && f[1] === 'write') writes.push({ name: f[2]!, slot: Number(f[3]), token: f[4]! });
+  }
+  console.log(`log: ${began.size} creates begun, ${created.size} acknowledged, ${deleted.size} deletes acknowledged, ${writes.length} writes acknowledged`);
+  const u = await units(false);
+  const pmm = await pmmOn(u);
+  const v = pmm.volumes.get('pc');
+  const fail = (m: string): never => {
+    throw new Error(`CHECK FAILED: ${m}`);
+  };
+  if (!v) fail('volume pc was not recovered');
+  if (v!.state !== 'ok') fail(`volume state ${v!.state}`);
+  console.log(`recovered volume pc at generation ${v!.generation}: ${v!.meta.regions.map((r) => r.name).join(' ') || '(no regions)'}`);
+  // Both halves hold the winning generation (recovery repaired any lag).
+  for (const h of ['primary', 'mirror'] as const) {
+    const link = v!.halves[h].link!;
+    const mine = chooseNewest([
+      { unit: h, slot: 0, bytes: await readSlot(link, 0) },
+      { unit: h, slot: 1, bytes: await readSlot(link, 1) },
+    ]);
+    if (mine.generation !== v!.generation) fail(`the ${h} holds generation ${mine.generation}, the volume ${v!.generation}`);
+  }
+  const c = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'pc', secret: SECRET, volume: 'pc' });
+  const names = new Set((await c.listRegions()).names);
+  for (const n of names) if (!began.has(n)) fail(`region ${n} was never created`);
+  for (const n of created) if (!deleting.has(n) && !names.has(n)) fail(`acknowledged region ${n} is missing`);
+  for (const n of deleted) if (names.has(n)) fail(`region ${n} was deleted (acknowledged) but is there`);
+  // Allocation = the region table: nothing owned twice (validateMeta on load), nothing leaked.
+  for (const h of ['primary', 'mirror'] as const) {
+    const pages = usedExtents(v!.meta, h).reduce((a, e) => a + e.pages, 0);
+    if (pages !== v!.halves[h].alloc.usedPages) fail(`${h}: ${v!.halves[h].alloc.usedPages} pages in use, the regions own ${pages}`);
+  }
+  let checked = 0;
+  const handles = new Map<string, RegionHandle>();
+  for (const w of writes) {
+    if (!names.has(w.name)) continue; // deleted later
+    let h = handles.get(w.name);
+    if (!h) handles.set(w.name, (h = await c.openRegion(w.name)));
+    for (const mirror of [ReadFrom.PRIMARY, ReadFrom.MIRROR]) {
+      const b = Buffer.alloc(SLOT);
+      await c.readRegion(h, b, SLOT, h.basePointer + BigInt(w.slot * SLOT), { mirror });
+      if (b.toString('hex') !== w.token) fail(`write ${w.slot} of ${w.name} is not on the ${mirror}`);
+    }
+    checked++;
+  }
+  console.log(`${checked} acknowledged writes found on both halves`);
+  for (const h of handles.values()) await c.closeRegion(h);
+  await c.close();
+  await pmm.close();
+  for (const x of u) await x.close();
+  console.log('CHECKED');
+}
+
+const [mode, arg] = process.argv.slice(2);
+(mode === 'burst' ? burst() : mode === 'check' ? check(arg!) : Promise.reject(new Error('usage: pmm-guest.js burst|check LOGFILE'))).catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

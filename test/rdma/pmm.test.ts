@@ -1,0 +1,328 @@
+/**
+ * The PMM and the region verbs on real rxe: two units on the VM's emulated
+ * NVDIMMs (devdax, pmem durability), a PMM, clients. Every management verb
+ * and its errors, zeroed allocation, mirrored and one-sided writes, two
+ * clients on one region, durability reporting, implicit close when a client
+ * process dies, and a PMM killed with SIGKILL and started again.
+ */
+import * as path from 'node:path';
+import t from 'tap';
+import { NpmuClient, Mirror, ReadFrom } from '../../lib/client';
+import { rdmaAddress } from './fixture';
+import { MiB, SECRETS, child, fileDir, pmmProcess, startSystem, unitInProcess, until } from './pmm-helpers';
+import type { System } from './pmm-helpers';
+
+// Every RDMA test file shares one tap root in one process (run.ts); its default
+// 30 s budget is far too short for a suite of VM tests.
+t.setTimeout(30 * 60_000);
+
+let sys: System;
+let alice: NpmuClient;
+let bob: NpmuClient;
+const BASE = 0x7f0000000000n;
+
+const pattern = (n: number, seed: number): Buffer => {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed * 7 + (i >> 8)) & 0xff;
+  return b;
+};
+
+t.test('a volume on two units: create, open, a mirrored durable write, read back from each half', async (t) => {
+  sys = await startSystem();
+  alice = await sys.attach('alice');
+  bob = await sys.attach('bob');
+  t.equal(alice.halfAvailable('primary'), true);
+  t.equal(alice.halfAvailable('mirror'), true);
+  const st = await alice.volumeStatus();
+  t.equal(st.state, 'ok');
+  const pmem = st.primary.durability === 'pmem';
+  t.comment(`units: ${st.primary.durability} / ${st.mirror.durability}, ${st.totalPages} pages of ${st.pageSize} bytes`);
+
+  await alice.createRegion('r1', 3 * MiB, BASE);
+  const h = await alice.openRegion('r1');
+  t.equal(h.size, 3 * MiB);
+  t.equal(h.basePointer, BASE);
+  t.equal(h.primary.baseNva, BASE, '[0074] base NVA = base pointer: pointers are remote addresses');
+  t.equal(h.mirror.baseNva, BASE);
+  t.equal(h.primary.unitId, sys.primary.unitId);
+  t.equal(h.mirror.unitId, sys.mirror.unitId);
+  t.equal(h.pmmId, sys.pmm.pmmId);
+  t.ok(h.primary.available && h.mirror.available);
+
+  const big = pattern(200_000, 1); // above the staging threshold: zero-copy from this Buffer
+  const w = await alice.writeRegion(h, big, big.length, BASE + 12_345n);
+  t.same(w, { bytes: big.length, halves: ['primary', 'mirror'], durable: pmem, durability: pmem ? 'pmem' : 'volatile' });
+  const small = Buffer.from('the last bytes of the region');
+  await alice.writeRegion(h, small, small.length, h.end - BigInt(small.length));
+  t.equal(alice.cachedBuffers, 1, 'the large buffer is registered and cached; the small one went through the staging area');
+
+  for (const mirror of [ReadFrom.ANY, ReadFrom.PRIMARY, ReadFrom.MIRROR]) {
+    const back = Buffer.alloc(big.length);
+    const r = await alice.readRegion(h, back, back.length, BASE + 12_345n, { mirror });
+    t.ok(back.equals(big), `read ${mirror}: the bytes written`);
+    t.equal(r.half, mirror === 'any' ? 'primary' : mirror);
+    t.equal(r.failedOver, false);
+  }
+  const tail = Buffer.alloc(small.length);
+  await alice.readRegion(h, tail, tail.length, h.end - BigInt(small.length), { mirror: ReadFrom.MIRROR });
+  t.equal(tail.toString(), small.toString());
+  const cached = alice.cachedBuffers; // the three read buffers too
+  await alice.writeRegion(h, big, big.length, BASE + 12_345n); // reuses the cached registration
+  t.equal(alice.cachedBuffers, cached);
+  t.equal(alice.releaseBuffer(big), true);
+  t.equal(alice.cachedBuffers, cached - 1);
+  t.equal(alice.releaseBuffer(big), false);
+  await alice.closeRegion(h);
+  t.equal(h.closed, true);
+});
+
+t.test('new regions read as zeros: no region shows a deleted region\'s bytes', async (t) => {
+  const size = sys.pmm.volumes.get(sys.volume)!.meta.pageSize;
+  await alice.createRegion('z1', size, 0n);
+  const h1 = await alice.openRegion('z1');
+  await alice.writeRegion(h1, Buffer.alloc(65536, 0xab), 65536, 0n);
+  await alice.closeRegion(h1);
+  const pages = sys.pmm.volumes.get(sys.volume)!.region('z1')!.primaryExtents;
+  await alice.deleteRegion('z1');
+  await alice.createRegion('z2', size, 0n);
+  t.same(sys.pmm.volumes.get(sys.volume)!.region('z2')!.primaryExtents, pages, 'the same pages were allocated again');
+  const h2 = await alice.openRegion('z2');
+  const back = Buffer.alloc(65536, 1);
+  await alice.readRegion(h2, back, back.length, 0n, { mirror: ReadFrom.PRIMARY });
+  t.ok(back.equals(Buffer.alloc(65536)), 'zeros on the primary');
+  back.fill(1);
+  await alice.readRegion(h2, back, back.length, 0n, { mirror: ReadFrom.MIRROR });
+  t.ok(back.equals(Buffer.alloc(65536)), 'zeros on the mirror');
+  await alice.closeRegion(h2);
+  await alice.deleteRegion('z2');
+});
+
+t.test('management errors: exists, no space, missing, open elsewhere, not the owner, bad handles, ranges', async (t) => {
+  await t.rejects(alice.createRegion('r1', 1, 0n), { code: 'ERR_NPMU_REGION_EXISTS' });
+  const st = await alice.volumeStatus();
+  const free = (st.totalPages - st.usedPages) * st.pageSize;
+  await t.rejects(alice.createRegion('huge', free + 1, 0n), { code: 'ERR_NPMU_NO_SPACE' }, '[0078] size up to the free space');
+  await t.rejects(alice.openRegion('missing'), { code: 'ERR_NPMU_NO_SUCH_REGION' });
+  await t.rejects(alice.deleteRegion('missing'), { code: 'ERR_NPMU_NO_SUCH_REGION' });
+  await t.rejects(alice.readAttributes('missing'), { code: 'ERR_NPMU_NO_SUCH_REGION' });
+  await t.rejects(bob.deleteRegion('r1'), { code: 'ERR_NPMU_NOT_AUTHORIZED' }, 'only the owner deletes');
+  const hb = await bob.openRegion('r1');
+  await t.rejects(alice.deleteRegion('r1'), { code: 'ERR_NPMU_REGION_OPEN' }, 'open by another client');
+  await t.rejects(alice.closeRegion(hb), { code: 'ERR_NPMU_NOT_OWNER' }, "a handle that is not the caller's");
+  await t.rejects(alice.writeRegion(hb, Buffer.alloc(8), 8, BASE), { code: 'ERR_NPMU_NOT_OWNER' });
+  await bob.closeRegion(hb);
+  await t.rejects(bob.closeRegion(hb), { code: 'ERR_NPMU_BAD_HANDLE' });
+  await t.rejects(bob.readRegion(hb, Buffer.alloc(8), 8, BASE), { code: 'ERR_NPMU_BAD_HANDLE' });
+  await t.rejects(bob.writeRegion(hb, Buffer.alloc(8), 8, BASE), { code: 'ERR_NPMU_BAD_HANDLE' });
+  const h = await alice.openRegion('r1');
+  await t.rejects(alice.writeRegion(h, Buffer.alloc(8), 8, BASE - 1n), { code: 'ERR_OUT_OF_RANGE', name: 'RangeError' }, 'below the base pointer');
+  await t.rejects(alice.writeRegion(h, Buffer.alloc(8), 8, h.end - 7n), { code: 'ERR_OUT_OF_RANGE' }, 'past the end');
+  await t.rejects(alice.readRegion(h, Buffer.alloc(8), 8, h.end), { code: 'ERR_OUT_OF_RANGE' });
+  await t.rejects(alice.readRegion(h, Buffer.alloc(8), 9, BASE), { code: 'ERR_OUT_OF_RANGE' }, 'len beyond the buffer');
+  await alice.closeRegion(h);
+
+  await alice.createRegion('r2', 1000, 0n, { durable: false });
+  await bob.createRegion('r3', 1000, 0n);
+  const l = await bob.listRegions(2);
+  t.same(l.names, ['r1', 'r2']);
+  t.equal(l.count, 3, '[0095] the true count though the list was cut');
+  t.same((await bob.listRegions()).names, ['r1', 'r2', 'r3']);
+});
+
+t.test('read_attributes: typed accessors, wrong types, truncation, free', async (t) => {
+  const a = await bob.readAttributes('r1');
+  t.equal(a.getAttrNumber('size'), 3 * MiB);
+  t.equal(a.getAttrU64('basePointer'), BASE);
+  t.equal(a.getAttrU64('size'), BigInt(3 * MiB), 'a number attribute widens to u64');
+  t.equal(a.getAttrString('owner'), 'alice');
+  t.equal(a.getAttrString('name'), 'r1');
+  t.equal(a.getAttrBool('durable'), true);
+  t.match(a.getAttrString('durability'), /^(pmem|volatile)$/);
+  t.ok(a.getAttrDate('createdAtMs').getTime() > Date.now() - 3_600_000);
+  t.ok(a.getAttrDate('lastOpenAtMs').getTime() > 0, 'last open time recorded');
+  t.equal(a.getAttrString('primaryUnit'), sys.primary.unitId);
+  t.throws(() => a.getAttrNumber('owner'), { code: 'ERR_NPMU_ATTR_TYPE' }, 'wrong accessor');
+  t.throws(() => a.getAttrBool('size'), { code: 'ERR_NPMU_ATTR_TYPE' });
+  t.throws(() => a.getAttrString('owner', 3), { code: 'ERR_NPMU_ATTR_TRUNCATED', value: 'ali', length: 5 }, '[0098] cut and flagged');
+  t.throws(() => a.getAttrString('nope'), { code: 'ERR_NPMU_ATTR_UNKNOWN' });
+  const r2 = await bob.readAttributes('r2');
+  t.equal(r2.getAttrBool('durable'), false);
+  bob.freeRegionAttrs(a);
+  t.throws(() => a.getAttrNumber('size'), { code: 'ERR_NPMU_ATTR_FREED' }, '[0099] the handle is invalid after free');
+  t.throws(() => bob.freeRegionAttrs({} as never), { code: 'ERR_INVALID_ARG_TYPE' });
+});
+
+t.test('two clients on one region, each with its own mapping and rkeys ([0071])', async (t) => {
+  const ha = await alice.openRegion('r1');
+  const hb = await bob.openRegion('r1');
+  t.not(ha.primary.rkey, hb.primary.rkey, 'distinct rkeys on the primary');
+  t.not(ha.mirror.rkey, hb.mirror.rkey, 'distinct rkeys on the mirror');
+  t.not(ha.handleId, hb.handleId);
+  const msg = Buffer.from('written by alice, read by bob');
+  await alice.writeRegion(ha, msg, msg.length, BASE + 1000n);
+  const back = Buffer.alloc(msg.length);
+  await bob.readRegion(hb, back, back.length, BASE + 1000n);
+  t.equal(back.toString(), msg.toString());
+  const reply = Buffer.from('and bob answers');
+  await bob.writeRegion(hb, reply, reply.length, BASE + 2000n);
+  const back2 = Buffer.alloc(reply.length);
+  await alice.readRegion(ha, back2, back2.length, BASE + 2000n, { mirror: ReadFrom.MIRROR });
+  t.equal(back2.toString(), reply.toString());
+  const a = await alice.readAttributes('r1');
+  t.equal(a.typeOf('size'), 'number');
+  await alice.closeRegion(ha);
+  await bob.closeRegion(hb);
+});
+
+t.test('mirror modes: PRIMARY and MIRROR writes reach only their half; BOTH reaches both', async (t) => {
+  const h = await alice.openRegion('r1');
+  const at = BASE + 100_000n;
+  const p = Buffer.from('primary only....');
+  const m = Buffer.from('mirror only.....');
+  t.same((await alice.writeRegion(h, p, p.length, at, { mirror: Mirror.PRIMARY })).halves, ['primary']);
+  t.same((await alice.writeRegion(h, m, m.length, at, { mirror: Mirror.MIRROR })).halves, ['mirror']);
+  const b = Buffer.alloc(16);
+  await alice.readRegion(h, b, 16, at, { mirror: ReadFrom.PRIMARY });
+  t.equal(b.toString(), p.toString());
+  await alice.readRegion(h, b, 16, at, { mirror: ReadFrom.MIRROR });
+  t.equal(b.toString(), m.toString());
+  const both = Buffer.from('both halves.....');
+  await alice.writeRegion(h, both, 16, at);
+  for (const mirror of [ReadFrom.PRIMARY, ReadFrom.MIRROR]) {
+    await alice.readRegion(h, b, 16, at, { mirror });
+    t.equal(b.toString(), both.toString(), mirror);
+  }
+  await alice.closeRegion(h);
+});
+
+t.test('durability is reported honestly: not asked, per region, and volatile units', async (t) => {
+  const h = await alice.openRegion('r1');
+  t.same(await alice.writeRegion(h, Buffer.alloc(64), 64, BASE, { durable: false }), { bytes: 64, halves: ['primary', 'mirror'], durable: false, durability: 'none' });
+  await alice.closeRegion(h);
+  const h2 = await alice.openRegion('r2');
+  t.equal(h2.durable, false, 'the region asks for non-durable writes by default');
+  t.equal((await alice.writeRegion(h2, Buffer.alloc(64), 64, 0n)).durable, false);
+  t.equal((await alice.writeRegion(h2, Buffer.alloc(64), 64, 0n, { durable: true })).durable, h2.primary.durability === 'pmem');
+  await alice.closeRegion(h2);
+
+  const vol = await startSystem({ devices: 'tmpfs' });
+  try {
+    const c = await vol.attach('carol');
+    await c.createRegion('v', 10_000, 0n);
+    const hv = await c.openRegion('v');
+    t.equal(hv.primary.durability, 'volatile');
+    const r = await c.writeRegion(hv, Buffer.from('gone at power loss'), undefined, 0n);
+    t.same(r, { bytes: 18, halves: ['primary', 'mirror'], durable: false, durability: 'volatile' }, 'a tmpfs unit never claims durability');
+    const a = await c.readAttributes('v');
+    t.equal(a.getAttrString('durability'), 'volatile');
+    await c.closeRegion(hv);
+  } finally {
+    await vol.close();
+  }
+});
+
+t.test('msync units (files on ext4): a durable write ends with persist-range to each half', async (t) => {
+  const d = fileDir();
+  const p = await unitInProcess(path.join(d, `p-${process.pid}`), 32 * MiB);
+  const m = await unitInProcess(path.join(d, `m-${process.pid}`), 32 * MiB);
+  const calls: string[] = [];
+  for (const [name, u] of [['primary', p], ['mirror', m]] as const) {
+    const s = u.server!;
+    const orig = s.persistRange.bind(s);
+    s.persistRange = (sessionId, mapId, offset, length) => {
+      calls.push(`${name} ${offset}+${length}`);
+      return orig(sessionId, mapId, offset, length);
+    };
+  }
+  const vol = await startSystem({ primary: p, mirror: m });
+  try {
+    const c = await vol.attach('carol');
+    await c.createRegion('f', 100_000, 0x10000n);
+    const h = await c.openRegion('f');
+    t.equal(h.primary.durability, 'msync');
+    const data = Buffer.from('made durable by msync on both halves');
+    const r = await c.writeRegion(h, data, data.length, 0x10000n + 5000n);
+    t.same(r, { bytes: data.length, halves: ['primary', 'mirror'], durable: true, durability: 'msync' });
+    t.same(calls.sort(), [`mirror 5000+${data.length}`, `primary 5000+${data.length}`], 'persist-range asked of each half, at the offset in the mapping');
+    calls.length = 0;
+    t.equal((await c.writeRegion(h, data, data.length, 0x10000n, { durable: false })).durability, 'none');
+    t.same(calls, [], 'no persist for a non-durable write');
+    const back = Buffer.alloc(data.length);
+    await c.readRegion(h, back, back.length, 0x10000n + 5000n, { mirror: ReadFrom.MIRROR });
+    t.equal(back.toString(), data.toString());
+    t.equal((await c.readAttributes('f')).getAttrString('durability'), 'msync');
+    await c.closeRegion(h);
+  } finally {
+    await vol.close();
+  }
+});
+
+t.test('a client process killed with regions open has them closed by the PMM ([0085])', async (t) => {
+  const opensBefore = sys.pmm.openCount;
+  const mapsBefore = sys.primary.server!.info().mappings + sys.mirror.server!.info().mappings;
+  const c = child(path.join(__dirname, 'pmm-client-child.js'), [rdmaAddress(), String(sys.pmm.port), 'carol', SECRETS.carol!, sys.volume, 'r1', 'r3']);
+  await c.line(/^OPEN 2/);
+  t.equal(sys.pmm.openCount, opensBefore + 2);
+  t.equal(sys.primary.server!.info().mappings + sys.mirror.server!.info().mappings, mapsBefore + 4, 'mapped on both halves');
+  await t.rejects(bob.deleteRegion('r3'), { code: 'ERR_NPMU_REGION_OPEN' });
+  c.proc.kill('SIGKILL');
+  await c.exited;
+  await until(() => sys.pmm.openCount === opensBefore, 30_000, 'the PMM to close the dead client\'s opens');
+  await until(() => sys.primary.server!.info().mappings + sys.mirror.server!.info().mappings === mapsBefore, 30_000, 'the units to drop the mappings');
+  await bob.deleteRegion('r3');
+  t.pass('the region can be deleted once its opener died');
+});
+
+t.test('the PMM killed with SIGKILL: I/O goes on without it; a new PMM recovers every region', async (t) => {
+  // Hand the units to a PMM daemon.
+  await alice.close();
+  await bob.close();
+  await sys.pmm.close();
+  const units = [sys.primary.address, sys.mirror.address];
+  const pmm1 = await pmmProcess(units);
+  const c1 = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm1.port }, client: 'alice', secret: SECRETS.alice!, volume: sys.volume });
+  const before = await c1.listRegions();
+  t.same(before.names, ['r1', 'r2'], 'the daemon recovered the volume');
+  await c1.createRegion('r4', 5000, BASE);
+  const h = await c1.openRegion('r4');
+  await pmm1.kill();
+  await until(async () => {
+    try {
+      await c1.listRegions();
+      return false;
+    } catch (e) {
+      return (e as { code?: string }).code === 'ERR_NPMU_DISCONNECTED';
+    }
+  }, 30_000, 'management calls to fail');
+  // [0045] the PMM is not on the data path
+  const msg = Buffer.from('written while the PMM was dead');
+  const w = await c1.writeRegion(h, msg, msg.length, BASE + 10n);
+  t.equal(w.halves.length, 2, 'a mirrored write with no PMM running');
+
+  const pmm2 = await pmmProcess(units);
+  const c2 = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm2.port }, client: 'alice', secret: SECRETS.alice!, volume: sys.volume });
+  t.same((await c2.listRegions()).names, ['r1', 'r2', 'r4'], 'every region recovered from the units alone');
+  const a = await c2.readAttributes('r4');
+  t.equal(a.getAttrU64('basePointer'), BASE);
+  const h2 = await c2.openRegion('r4');
+  const back = Buffer.alloc(msg.length);
+  await c2.readRegion(h2, back, back.length, BASE + 10n, { mirror: ReadFrom.MIRROR });
+  t.equal(back.toString(), msg.toString());
+  await c2.closeRegion(h2);
+  await t.rejects(c2.deleteRegion('r4'), { code: 'ERR_NPMU_REGION_OPEN' }, "still mapped by the earlier PMM's client");
+  await c1.close(); // its connections go: the units drop its mappings
+  await until(async () => {
+    try {
+      await c2.deleteRegion('r4');
+      return true;
+    } catch (e) {
+      if ((e as { code?: string }).code !== 'ERR_NPMU_REGION_OPEN') throw e;
+      return false;
+    }
+  }, 30_000, 'the delete to be allowed');
+  t.same((await c2.listRegions()).names, ['r1', 'r2']);
+  await c2.close();
+  await pmm2.stop();
+  await sys.primary.kill();
+  await sys.mirror.kill();
+});
