@@ -242,8 +242,14 @@ export interface NativeEndpoint {
    * Busy-poll mode: a post spins on ibv_poll_cq until its own work requests have
    * completed (bounded by 1 s, after which it falls back to event mode), so the
    * returned promise is already settled. Recvs are not waited for (they complete
-   * when the peer sends). Event mode (default): completions are
-   * read when the completion channel's fd, on a uv_poll handle, is readable.
+   * when the peer sends). The clock is read only after 1024 empty polls and
+   * sched_yield() runs every 64, so the bound is approximate.
+   * Event mode (default): right after posting, the CQ is polled once without
+   * waiting (on soft-RoCE the round trip often completes inside ibv_post_send, and
+   * the promise is then settled at once); anything still out is reported when the
+   * completion channel's fd, on a uv_poll handle, is readable. The CQ is armed only
+   * while work is out. An 'error' event found by that first poll is emitted from
+   * the event loop, never from inside the posting call.
    */
   busyPoll: boolean;
   /** events after establishment; set by the wrapper */

@@ -72,6 +72,9 @@ class EndpointRes : public std::enable_shared_from_this<EndpointRes> {
   std::shared_ptr<size_t> Post(Napi::Env env, std::vector<WrSpec>& specs, const std::vector<size_t>& slots,
                                const std::shared_ptr<Batch>& batch, bool spin);
   void Spin(Napi::Env env, const std::shared_ptr<size_t>& pending);
+  // After a post: busy-poll mode spins (Spin); event mode polls the CQ once,
+  // without waiting. Either way, if work is still out, the CQ is armed.
+  void Reap(Napi::Env env, const std::shared_ptr<size_t>& pending);
 
   void Disconnect();
   Napi::Value Close(Napi::Env env);
@@ -99,6 +102,8 @@ class EndpointRes : public std::enable_shared_from_this<EndpointRes> {
   void HandleCm(Napi::Env env, const CmEvent& e);
   void HandleWc(Napi::Env env, const ibv_wc& wc);
   void DrainCq(Napi::Env env);
+  void EnsureArmed(Napi::Env env);
+  void EmitLater(const Failure& f);
   bool CreateQueues(Failure* f);
   void AcceptSteps(Napi::Env env, rdma_cm_id* id, uint8_t peerInitiatorDepth, uint8_t peerResponderResources,
                    std::vector<uint8_t> privateData);
@@ -124,6 +129,9 @@ class EndpointRes : public std::enable_shared_from_this<EndpointRes> {
   bool hasQp_ = false;
   uint32_t maxInline_ = 0;
   unsigned unackedCqEvents_ = 0;
+  bool armed_ = false;      // ibv_req_notify_cq done, its event not yet read
+  bool deferEmit_ = false;  // inside a post: an 'error' event waits for the loop
+  UvHandle* emitTimer_ = nullptr;
   UvHandle* cmPoll_ = nullptr;
   UvHandle* cqPoll_ = nullptr;
   UvHandle* timer_ = nullptr;
