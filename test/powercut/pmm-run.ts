@@ -9,47 +9,16 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawn } from 'node:child_process';
 import t from 'tap';
+import { boot as bootVm, cacheDir as dir } from './boot';
 
-const root = path.resolve(__dirname, '..', '..', '..');
-const vm = path.join(root, 'scripts', 'rxe-vm.sh');
-const guest = path.join(root, 'dist', 'test', 'powercut', 'pmm-guest.js');
-const dir = path.join(root, '.cache', 'test');
 const imgs = [path.join(dir, 'pmm-powercut-0.img'), path.join(dir, 'pmm-powercut-1.img')];
-const pidfile = path.join(dir, 'pmm-powercut.pid');
+const boot = (args: string[], onLine?: (line: string, cut: () => void) => void) =>
+  bootVm({ guest: 'pmm-guest.js', args, nvdimms: imgs, timeoutSec: 900, onLine });
 const rounds = Number(process.env.NPMU_POWERCUT_ROUNDS ?? 2);
 
 t.setTimeout(rounds * 15 * 60_000);
 
-function boot(args: string[], onLine?: (line: string, kill: () => void) => void): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve, reject) => {
-    const nv = imgs.flatMap((f) => ['--nvdimm', `${f}:256M`]);
-    const child = spawn('bash', [vm, '--timeout', '900', '--pidfile', pidfile, ...nv, '--', 'node', guest, ...args], {
-      cwd: root,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let buf = '';
-    const kill = (): void => {
-      const pid = Number(fs.readFileSync(pidfile, 'utf8').trim());
-      process.kill(pid, 'SIGKILL'); // qemu, by its pid: the power cut
-    };
-    child.stdout.on('data', (d: Buffer) => {
-      out += d;
-      buf += d;
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        onLine?.(line, kill);
-      }
-    });
-    child.stderr.on('data', (d: Buffer) => (out += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, out }));
-  });
-}
 
 for (let round = 1; round <= rounds; round++) {
   t.test(`round ${round}: kill -9 of the VM during a burst of create/write/delete; the volume recovers whole`, async (t) => {

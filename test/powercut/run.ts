@@ -5,49 +5,18 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawn } from 'node:child_process';
 import t from 'tap';
+import { boot as bootVm, cacheDir as dir } from './boot';
 
 // Two boots of a VM take longer than tap's default 30 s; rxe-vm.sh has its own timeout.
 t.setTimeout(0);
 
-const root = path.resolve(__dirname, '..', '..', '..');
-const vm = path.join(root, 'scripts', 'rxe-vm.sh');
-const guest = path.join(root, 'dist', 'test', 'powercut', 'guest.js');
-const dir = path.join(root, '.cache', 'test');
 const img = path.join(dir, 'powercut.img');
-const pidfile = path.join(dir, 'powercut.pid');
+const boot = (args: string[], onLine?: (line: string, cut: () => void) => void) =>
+  bootVm({ guest: 'guest.js', args, nvdimms: [img], timeoutSec: 600, onLine });
 
-function boot(args: string[], onLine?: (line: string, kill: () => void) => void): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('bash', [vm, '--timeout', '600', '--pidfile', pidfile, '--nvdimm', `${img}:256M`, '--', 'node', guest, ...args], {
-      cwd: root,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    const kill = (): void => {
-      const pid = Number(fs.readFileSync(pidfile, 'utf8').trim());
-      process.kill(pid, 'SIGKILL'); // the power cut: qemu by its pid
-    };
-    let buf = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d;
-      buf += d;
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        onLine?.(line, kill);
-      }
-    });
-    child.stderr.on('data', (d: Buffer) => (out += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, out }));
-  });
-}
 
 t.test('durable RDMA WRITEs into devdax survive kill -9 of the VM', async (t) => {
-  fs.mkdirSync(dir, { recursive: true });
   fs.rmSync(img, { force: true });
   const token = `npmu-powercut-${process.pid}-${Date.now()}`;
   let cut = false;

@@ -9,46 +9,16 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawn } from 'node:child_process';
 import t from 'tap';
+import { boot as bootVm, cacheDir as dir } from './boot';
 
 // Two boots, each bounded by rxe-vm.sh --timeout: longer than tap's default 30 s.
 t.setTimeout(0);
 
-const root = path.resolve(__dirname, '..', '..', '..');
-const vm = path.join(root, 'scripts', 'rxe-vm.sh');
-const guest = path.join(root, 'dist', 'test', 'powercut', 'unit-guest.js');
-const dir = path.join(root, '.cache', 'test');
 const img = path.join(dir, 'unit-powercut.img');
-const pidfile = path.join(dir, 'unit-powercut.pid');
+const boot = (args: string[], onLine?: (line: string, cut: () => void) => void) =>
+  bootVm({ guest: 'unit-guest.js', args, nvdimms: [img], timeoutSec: 600, onLine });
 
-function boot(args: string[], onLine?: (line: string, kill: () => void) => void): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('bash', [vm, '--timeout', '600', '--pidfile', pidfile, '--nvdimm', `${img}:256M`, '--', 'node', guest, ...args], {
-      cwd: root,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let buf = '';
-    const kill = (): void => {
-      const pid = Number(fs.readFileSync(pidfile, 'utf8').trim());
-      process.kill(pid, 'SIGKILL'); // the power cut: qemu, by its pid
-    };
-    child.stdout.on('data', (d: Buffer) => {
-      out += d;
-      buf += d;
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        onLine?.(line, kill);
-      }
-    });
-    child.stderr.on('data', (d: Buffer) => (out += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, out }));
-  });
-}
 
 t.test('a devdax unit: metadata and data made durable survive kill -9 of the VM', async (t) => {
   fs.mkdirSync(dir, { recursive: true });
