@@ -139,3 +139,28 @@ t.test('busy-poll mode: same results, promise already settled', async (t) => {
   rmr.close();
   lmr.close();
 });
+
+t.test('devices, ports and GIDs: enumerate, open, query', async (t) => {
+  const { listDevices, openContext } = await import('../../lib/verbs');
+  const { deviceName, rdmaAddress } = await import('./fixture');
+  const name = deviceName();
+  const dev = listDevices().find((d) => d.name === name);
+  t.ok(dev, `${name} is listed`);
+  t.match(dev?.guid, /^[0-9a-f]{16}$/, 'node GUID as 16 hex digits');
+  const ctx = openContext(name);
+  t.equal(ctx.name, name);
+  const attr = ctx.queryDevice();
+  t.ok(attr.maxQp > 0 && attr.maxMr > 0 && attr.maxSge > 0, 'device limits');
+  t.equal(typeof attr.maxMrSize, 'bigint');
+  t.ok(attr.physPortCnt >= 1);
+  const port = ctx.queryPort(1);
+  t.equal(port.stateName, 'PORT_ACTIVE');
+  t.equal(port.linkLayer, 'Ethernet', 'soft-RoCE runs over Ethernet');
+  t.ok(port.activeMtu >= 256 && port.gidTblLen > 1);
+  // GID index 1 is the IPv4-mapped GID of the rxe address (RoCEv2).
+  const mapped = rdmaAddress().split('.').map((o) => Number(o).toString(16).padStart(2, '0'));
+  const gid = ctx.queryGid(1, 1);
+  t.match(gid, /^([0-9a-f]{4}:){7}[0-9a-f]{4}$/);
+  t.equal(gid.replace(/:/g, '').slice(-8), mapped.join(''), `GID 1 ends with ${rdmaAddress()}`);
+  ctx.close();
+});
