@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { UnitDevice } from '../../unit/device';
 import { UnitServer } from '../../unit/server';
@@ -17,7 +17,7 @@ import { NpmuClient } from '../../lib/client';
 import type { AttachOptions } from '../../lib/client';
 import { ControlConnection } from '../../lib/protocol';
 import { daxDevices, deviceName, rdmaAddress } from './fixture';
-import { startUnitProcess } from './unit-helpers';
+import { startUnitProcess, mountExt4 } from './unit-helpers';
 import type { UnitProcess } from './unit-helpers';
 
 export const MiB = 1024 * 1024;
@@ -87,14 +87,8 @@ let fileDirCache: string | undefined;
 export function fileDir(): string {
   if (fileDirCache) return fileDirCache;
   if (process.env.NPMU_IN_VM) {
-    const img = path.join(dir, 'ext4.img');
     const mnt = path.join(dir, 'ext4');
-    fs.mkdirSync(mnt, { recursive: true });
-    execFileSync('modprobe', ['-a', 'loop', 'ext4']);
-    fs.writeFileSync(img, '');
-    fs.truncateSync(img, 128 * MiB);
-    execFileSync('mkfs.ext4', ['-q', '-F', img]);
-    execFileSync('mount', ['-o', 'loop', img, mnt]);
+    mountExt4(path.join(dir, 'ext4.img'), mnt, 128 * MiB); // the VM is throwaway: left mounted
     fileDirCache = mnt;
   } else {
     fileDirCache = fs.mkdtempSync(path.join(__dirname, '..', '..', '..', '.cache', 'npmu-msync-'));

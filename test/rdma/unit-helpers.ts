@@ -3,7 +3,7 @@
  * way to look at device bytes directly. Nothing is mocked. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawn, ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn, execFileSync, ChildProcessWithoutNullStreams } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { ControlConnection } from '../../lib/protocol';
 import { issueTicket } from '../../lib/ticket';
@@ -127,4 +127,22 @@ export function waitFor(emitter: NodeJS.EventEmitter, event: string, value?: unk
     };
     emitter.on(event, on);
   });
+}
+
+/**
+ * An ext4 file system on a loop device, mounted at `mnt`: an ordinary (not
+ * tmpfs, not DAX) file system for msync units inside the VM, which has no disk.
+ * Returns the unmount.
+ */
+export function mountExt4(img: string, mnt: string, bytes: number): () => void {
+  fs.mkdirSync(mnt, { recursive: true });
+  execFileSync('modprobe', ['-a', 'loop', 'ext4']);
+  fs.writeFileSync(img, '');
+  fs.truncateSync(img, bytes);
+  execFileSync('mkfs.ext4', ['-q', '-F', img]);
+  execFileSync('mount', ['-o', 'loop', img, mnt]);
+  return () => {
+    execFileSync('umount', [mnt]);
+    fs.rmSync(img, { force: true });
+  };
 }

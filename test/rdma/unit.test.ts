@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import t, { Test } from 'tap';
 import { ControlConnection, encodeFrame } from '../../lib/protocol';
 import { issueTicket } from '../../lib/ticket';
@@ -26,6 +26,7 @@ import {
   ticket,
   waitFor,
   writeKeyFile,
+  mountExt4,
 } from './unit-helpers';
 
 const MiB = 1024 * 1024;
@@ -496,18 +497,8 @@ function ordinaryDir(t: Test): string {
     t.teardown(() => fs.rmSync(d, { recursive: true, force: true }));
     return d;
   }
-  const img = `/tmp/npmu-unit-ext4-${process.pid}.img`;
   const mnt = `/tmp/npmu-unit-ext4-${process.pid}`;
-  fs.mkdirSync(mnt, { recursive: true });
-  execFileSync('modprobe', ['-a', 'loop', 'ext4']);
-  fs.writeFileSync(img, '');
-  fs.truncateSync(img, 64 * MiB);
-  execFileSync('mkfs.ext4', ['-q', '-F', img]);
-  execFileSync('mount', ['-o', 'loop', img, mnt]);
-  t.teardown(() => {
-    execFileSync('umount', [mnt]);
-    fs.rmSync(img, { force: true });
-  });
+  t.teardown(mountExt4(`${mnt}.img`, mnt, 64 * MiB));
   return mnt;
 }
 
