@@ -306,14 +306,16 @@ function utf8(s: string): Buffer {
   return Buffer.from(s, 'utf8');
 }
 
-function checkName(what: string, s: unknown, minBytes: number): void {
-  if (typeof s !== 'string') throw corrupt(`${what} is not a string`);
+/** `what` may be a function, so that a label is built only on failure. */
+function checkName(what: string | (() => string), s: unknown, minBytes: number): void {
+  const w = () => (typeof what === 'string' ? what : what());
+  if (typeof s !== 'string') throw corrupt(`${w()} is not a string`);
   const b = utf8(s);
   if (b.length < minBytes || b.length > META_MAX_NAME_BYTES) {
-    throw corrupt(`${what} ${JSON.stringify(s)} is ${b.length} UTF-8 bytes (allowed ${minBytes}..${META_MAX_NAME_BYTES})`);
+    throw corrupt(`${w()} ${JSON.stringify(s)} is ${b.length} UTF-8 bytes (allowed ${minBytes}..${META_MAX_NAME_BYTES})`);
   }
-  if (s.includes('\0')) throw corrupt(`${what} ${JSON.stringify(s)} contains NUL`);
-  if (b.toString('utf8') !== s) throw corrupt(`${what} ${JSON.stringify(s)} is not well-formed Unicode`);
+  if (s.includes('\0')) throw corrupt(`${w()} ${JSON.stringify(s)} contains NUL`);
+  if (b.toString('utf8') !== s) throw corrupt(`${w()} ${JSON.stringify(s)} is not well-formed Unicode`);
 }
 
 function checkId(what: string, s: unknown): void {
@@ -351,42 +353,45 @@ function validateVolume(meta: Omit<VolumeMeta, 'regions'>): void {
 function validateRegionFields(r: RegionMeta, what: string): void {
   if (r === null || typeof r !== 'object') throw corrupt(`${what} is not an object`);
   checkName(`${what} name`, r.name, 1);
-  const label = regionLabel(r);
-  checkUint(`${label} id`, r.id, 1);
-  checkUint(`${label} size`, r.size, 1);
+  const isUint = (v: unknown, min: number) => typeof v === 'number' && Number.isSafeInteger(v) && v >= min;
+  // Labels are built only on failure: this runs for every record of every load.
+  const fail = (field: string, v: unknown, min = 0) => {
+    throw corrupt(`${regionLabel(r)} ${field} ${String(v)} is not a safe integer >= ${min}`);
+  };
+  if (!isUint(r.id, 1)) fail('id', r.id, 1);
+  if (!isUint(r.size, 1)) fail('size', r.size, 1);
   if (typeof r.basePointer !== 'bigint' || r.basePointer < 0n || r.basePointer >= U64_LIMIT) {
-    throw corrupt(`${label} basePointer is not a u64 bigint`);
+    throw corrupt(`${regionLabel(r)} basePointer is not a u64 bigint`);
   }
-  if (r.basePointer + BigInt(r.size) > U64_LIMIT) throw corrupt(`${label} basePointer + size exceeds 2^64`);
-  checkName(`${label} owner`, r.owner, 0);
-  checkUint(`${label} createdAtMs`, r.createdAtMs);
-  checkUint(`${label} lastOpenAtMs`, r.lastOpenAtMs);
-  if (typeof r.durable !== 'boolean') throw corrupt(`${label} durable is not a boolean`);
+  if (r.basePointer + BigInt(r.size) > U64_LIMIT) throw corrupt(`${regionLabel(r)} basePointer + size exceeds 2^64`);
+  checkName(() => `${regionLabel(r)} owner`, r.owner, 0);
+  if (!isUint(r.createdAtMs, 0)) fail('createdAtMs', r.createdAtMs);
+  if (!isUint(r.lastOpenAtMs, 0)) fail('lastOpenAtMs', r.lastOpenAtMs);
+  if (typeof r.durable !== 'boolean') throw corrupt(`${regionLabel(r)} durable is not a boolean`);
   for (const half of ['primary', 'mirror'] as const) {
     const list = half === 'primary' ? r.primaryExtents : r.mirrorExtents;
-    if (!Array.isArray(list)) throw corrupt(`${label} ${half} extents is not an array`);
-    if (list.length > U32_MAX) throw corrupt(`${label} has too many ${half} extents`);
+    if (!Array.isArray(list)) throw corrupt(`${regionLabel(r)} ${half} extents is not an array`);
+    if (list.length > U32_MAX) throw corrupt(`${regionLabel(r)} has too many ${half} extents`);
     for (const e of list) {
-      if (e === null || typeof e !== 'object') throw corrupt(`${label} has a ${half} extent that is not an object`);
-      checkUint(`${label} ${half} extent page`, e.page);
-      checkUint(`${label} ${half} extent pages`, e.pages, 1);
+      if (e === null || typeof e !== 'object') throw corrupt(`${regionLabel(r)} has a ${half} extent that is not an object`);
+      if (!isUint(e.page, 0)) fail(`${half} extent page`, e.page);
+      if (!isUint(e.pages, 1)) fail(`${half} extent pages`, e.pages, 1);
     }
   }
 }
 
 /** The checks of one region against its volume (extents in range, page totals). */
 function validateRegionInVolume(r: RegionMeta, meta: Omit<VolumeMeta, 'regions'>): void {
-  const label = regionLabel(r);
   const want = Math.ceil(r.size / meta.pageSize); // exact: pageSize is a power of two
   for (const half of ['primary', 'mirror'] as const) {
     let total = 0;
     for (const e of half === 'primary' ? r.primaryExtents : r.mirrorExtents) {
       if (e.page + e.pages > meta.dataPages) {
-        throw corrupt(`${label} ${half} extent [${e.page}, ${e.page + e.pages}) is outside [0, ${meta.dataPages})`);
+        throw corrupt(`${regionLabel(r)} ${half} extent [${e.page}, ${e.page + e.pages}) is outside [0, ${meta.dataPages})`);
       }
       total += e.pages;
     }
-    if (total !== want) throw corrupt(`${label} has ${total} ${half} pages, needs ceil(${r.size} / ${meta.pageSize}) = ${want}`);
+    if (total !== want) throw corrupt(`${regionLabel(r)} has ${total} ${half} pages, needs ceil(${r.size} / ${meta.pageSize}) = ${want}`);
   }
 }
 
@@ -405,12 +410,11 @@ export function validateMeta(meta: VolumeMeta): void {
   for (let i = 0; i < meta.regions.length; i++) {
     const r = meta.regions[i];
     validateRegionFields(r, `region #${i}`);
-    const label = regionLabel(r);
-    if (names.has(r.name)) throw corrupt(`${label} appears twice (names must be unique)`);
+    if (names.has(r.name)) throw corrupt(`${regionLabel(r)} appears twice (names must be unique)`);
     names.add(r.name);
-    if (ids.has(r.id)) throw corrupt(`${label} id ${r.id} is used by another region`);
+    if (ids.has(r.id)) throw corrupt(`${regionLabel(r)} id ${r.id} is used by another region`);
     ids.add(r.id);
-    if (r.id >= meta.nextRegionId) throw corrupt(`${label} id ${r.id} is not below nextRegionId ${meta.nextRegionId}`);
+    if (r.id >= meta.nextRegionId) throw corrupt(`${regionLabel(r)} id ${r.id} is not below nextRegionId ${meta.nextRegionId}`);
     validateRegionInVolume(r, meta);
     for (const e of r.primaryExtents) owned.primary.push({ page: e.page, end: e.page + e.pages, region: r.name });
     for (const e of r.mirrorExtents) owned.mirror.push({ page: e.page, end: e.page + e.pages, region: r.name });
@@ -1106,7 +1110,9 @@ export class MetaImage {
    */
   static load(root: RootRecord, pages: ReadonlyMap<number, Uint8Array>, areaLength: number): MetaImage {
     const pageCount = tablePageCount(areaLength);
-    if (!(pages instanceof Map)) throw argTypeError('pages', 'a Map of page index to bytes', pages);
+    if (pages === null || typeof pages !== 'object' || typeof pages.get !== 'function') {
+      throw argTypeError('pages', 'a Map of page index to bytes', pages);
+    }
     validateRoot(root);
     const states: PageState[] = [];
     const records: Array<{ meta: RegionMeta; page: number }> = [];
@@ -1404,7 +1410,12 @@ export class MetaImage {
     const regionCount = this.#entries.size - (remove !== undefined ? 1 : 0) + (add !== undefined ? 1 : 0);
     const { epoch, writer } = opts;
     const base = this.#root(generation, epoch, writer, { peerStale: false, staleSince: 0 }, volume, regionCount, refs);
-    encodeRoot(base); // TOO_LARGE (or CORRUPT) now, before anything is written
+    // TOO_LARGE now, before anything is written (the root's size does not depend on the sync state;
+    // its other fields are valid by construction).
+    const rootSize = ROOT_HEADER_SIZE + rootBodyLength(base);
+    if (rootSize > ROOT_SLOT_SIZE) {
+      throw tooLarge(`a root listing ${refs.length} table pages needs ${rootSize} bytes, a root slot holds ${ROOT_SLOT_SIZE}`, rootSize, ROOT_SLOT_SIZE, 'root');
+    }
 
     const upserts: Entry[] = incoming.map((r) => ({ meta: freezeRegion(r), bytes: encoded.get(r.id)!, page: -1 }));
     const delta: Delta = { generation, epoch, writer, volume, removeId: remove, upserts, released, written };

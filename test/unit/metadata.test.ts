@@ -742,7 +742,7 @@ t.test('random create/delete/update sequences against a model, reloaded after ev
     ) {
       t.fail(`step ${step}: a reloaded image plans differently`);
     }
-    t.ok(plan.pageWrites.length <= 2 * Math.max(1, change.update?.length ?? 1), `step ${step}: ${plan.pageWrites.length} pages written`);
+    if (plan.pageWrites.length > 2 * Math.max(1, change.update?.length ?? 1)) t.fail(`step ${step}: ${plan.pageWrites.length} pages written`);
     writePlan(m.area, plan);
     m.img.apply(plan);
     maxPages = Math.max(maxPages, m.img.pagesInUse);
@@ -752,7 +752,7 @@ t.test('random create/delete/update sequences against a model, reloaded after ev
     if (JSON.stringify(meta.regions, big) !== JSON.stringify(want, big)) {
       t.fail(`step ${step}: reloaded table differs from the model`);
     }
-    t.same(m.img.toMeta(), meta);
+    if (JSON.stringify(m.img.toMeta(), big) !== JSON.stringify(meta, big)) t.fail(`step ${step}: reloaded image differs from the image`);
     if (got.generation !== m.img.generation) t.fail(`step ${step}: generation`);
     for (const half of ['primary', 'mirror'] as const) {
       const fromImg = new PageAllocator(20_000, got.usedExtents(half));
@@ -907,7 +907,7 @@ t.test('10,000 regions with max-length names and owners in an 8 MiB area', async
   t.ok(times[25] < 20, 'a create plans in milliseconds at most (not asserted tightly)');
 
   let loaded = reload(area)!;
-  t.same(loaded.toMeta(), img.toMeta(), 'reloaded after 10,000 creates');
+  t.ok(JSON.stringify(loaded.toMeta(), big) === JSON.stringify(img.toMeta(), big), 'reloaded after 10,000 creates');
 
   // Delete a random half, then recreate some.
   const ids = [...img.regions()].map((x) => x.id);
@@ -929,7 +929,7 @@ t.test('10,000 regions with max-length names and owners in an 8 MiB area', async
   t.ok(maxBytes <= 2 * TABLE_PAGE_SIZE + ROOT_SLOT_SIZE);
   t.equal(img.pagesInUse, pagesAfterDelete, 'recreated regions fill the room deletes left');
   loaded = reload(area)!;
-  t.same(loaded.toMeta(), img.toMeta(), 'reloaded after deletes and recreates');
+  t.ok(JSON.stringify(loaded.toMeta(), big) === JSON.stringify(img.toMeta(), big), 'reloaded after deletes and recreates');
   t.equal(loaded.regionCount, N / 2 + 3000);
   t.same(loaded.names(3), img.names(3));
   t.equal(loaded.region(mk(N + 2999).name)?.id, img.volume.nextRegionId - 1);
