@@ -142,9 +142,11 @@ async function pmmConnection(o: ConnOpts, volume: string): Promise<ControlConnec
 
 export function volumeStatusText(s: Omit<OkReply<'volume-status'>, 'v' | 'id' | 'type'>): string {
   const half = (name: string, u: typeof s.primary): string =>
-    `  ${name.padEnd(8)} unit ${u.unitId}  ${u.host}:${u.controlPort}  ${u.available ? 'up' : 'DOWN'}  ${u.durability}`;
+    `  ${name.padEnd(8)} unit ${u.unitId}  ${u.host}:${u.controlPort}  ${u.available ? 'up' : 'DOWN'}  ${u.durability}${u.sync ? `  ${u.sync}` : ''}`;
   return [
-    `volume ${s.volume} (${s.volumeId}): ${s.state.toUpperCase()}`,
+    `volume ${s.volume} (${s.volumeId}): ${s.state.toUpperCase()}${s.epoch !== undefined ? `  (epoch ${s.epoch}, generation ${s.generation ?? '?'})` : ''}`,
+    ...(s.reason ? [`  ${s.reason}`] : []),
+    ...(s.resync ? [`  resync of the ${s.resync.half}: ${fmtBytes(s.resync.done)} of ${fmtBytes(s.resync.total)}`] : []),
     `  ${s.regions} regions, ${s.usedPages}/${s.totalPages} pages of ${fmtBytes(s.pageSize)} used (${fmtBytes(s.usedPages * s.pageSize)} of ${fmtBytes(s.totalPages * s.pageSize)})`,
     half('primary', s.primary),
     half('mirror', s.mirror),
@@ -238,6 +240,59 @@ export function buildProgram(): Command {
     try {
       const { v: _v, id: _id, type: _t, ...s } = await c.request('volume-status', { volume: name });
       print(o.json, s, () => volumeStatusText(s));
+    } finally {
+      c.close();
+    }
+  });
+
+  connOptions(
+    volume
+      .command('resync <name>')
+      .description('bring the stale half of a volume up to date by a full copy (every region must be closed)'),
+  ).action(async (name: string, o: ConnOpts) => {
+    const c = await pmmConnection(o, name);
+    const watch = await pmmConnection(o, name);
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { SingleBar, Presets } = require('cli-progress') as typeof import('cli-progress');
+    const bar = o.json ? null : new SingleBar({ format: 'resync {half} [{bar}] {percentage}% {done} of {all}', stream: process.stderr, noTTYOutput: true, notTTYSchedule: 2000 }, Presets.shades_classic);
+    let started = false;
+    const timer = setInterval(() => {
+      void watch
+        .request('volume-status', { volume: name })
+        .then((s) => {
+          if (!bar || !s.resync) return;
+          const payload = { half: s.resync.half, done: fmtBytes(s.resync.done), all: fmtBytes(s.resync.total) };
+          if (!started) bar.start(Math.max(1, s.resync.total), s.resync.done, payload);
+          else bar.update(s.resync.done, payload);
+          started = true;
+        })
+        .catch(() => undefined);
+    }, 250);
+    try {
+      const r = await c.request('volume-resync', { volume: name }, { timeoutMs: 24 * 3600_000 });
+      if (bar && started) {
+        bar.update(Math.max(1, r.bytes));
+        bar.stop();
+      }
+      print(o.json, { volume: name, half: r.half, regions: r.regions, bytes: r.bytes }, () => `volume ${name}: the ${r.half} is current again (${r.regions} regions, ${fmtBytes(r.bytes)} copied)`);
+    } finally {
+      clearInterval(timer);
+      if (bar && started) bar.stop();
+      c.close();
+      watch.close();
+    }
+  });
+  connOptions(
+    volume
+      .command('force <name>')
+      .description('serve a waiting or split-brain volume from one half; the other becomes stale (what it acknowledged alone is lost)')
+      .requiredOption('--half <primary|mirror>', 'the half to keep'),
+  ).action(async (name: string, o: ConnOpts & { half: string }) => {
+    if (o.half !== 'primary' && o.half !== 'mirror') throw new CliError('--half must be primary or mirror');
+    const c = await pmmConnection(o, name);
+    try {
+      const r = await c.request('volume-force', { volume: name, half: o.half });
+      print(o.json, { volume: name, served: o.half, stale: r.stale }, () => `volume ${name}: served from the ${o.half}; the ${r.stale} is stale (resync it with npmu volume resync ${name})`);
     } finally {
       c.close();
     }

@@ -96,6 +96,8 @@ export interface RegionHalf {
   readonly durability: Durability;
   /** False if the half could not be mapped at open. */
   readonly available: boolean;
+  /** True if the half missed updates (then never mapped): reads and writes of it fail with ERR_NPMU_HALF_STALE. */
+  readonly stale: boolean;
 }
 
 /** [0066] region_handle: everything the data verbs need, like a file descriptor. */
@@ -124,7 +126,7 @@ export class RegionHandle {
     this.durable = r.durable;
     this.handleId = r.handleId;
     const half = (h: ReplyBody<'open-region'>['primary']): RegionHalf =>
-      Object.freeze({ unitId: h.unitId, baseNva: BigInt(h.iova), rkey: h.rkey, mapId: h.mapId, durability: h.durability, available: h.available });
+      Object.freeze({ unitId: h.unitId, baseNva: BigInt(h.iova), rkey: h.rkey, mapId: h.mapId, durability: h.durability, available: h.available, stale: h.stale === true });
     this.primary = half(r.primary);
     this.mirror = half(r.mirror);
   }
@@ -278,6 +280,8 @@ export class NpmuClient extends EventEmitter {
   #freeSlots: number[];
   #cache = new Map<ArrayBufferLike, CachedRegistration>();
   #inflight = 0;
+  /** Halves this client has had the PMM record stale (single-half writes). */
+  #staleRecorded = new Set<Half>();
   #closed = false;
 
   private constructor(o: AttachOptions, pmm: ControlConnection, r: ReplyBody<'attach'>, threshold: number, slots: number) {
@@ -524,6 +528,8 @@ export class NpmuClient extends EventEmitter {
     const durable = (o.durable as boolean | undefined) ?? h.durable;
     const halves: Half[] = mirror === 'both' ? ['primary', 'mirror'] : [mirror];
     for (const half of halves) this.#usableFor(h, half);
+    // One history: a write only one half takes is acknowledged only once the other is recorded stale.
+    if (mirror !== 'both') await this.#recordStale(mirror === 'primary' ? 'mirror' : 'primary', h, `a ${mirror}-only write`);
 
     const local = this.#local(view, n, halves);
     this.#inflight++;
@@ -624,7 +630,17 @@ export class NpmuClient extends EventEmitter {
     return HALVES.map((x) => `${x}: ${!h[x].available ? 'not mapped at open' : (this.#paths[x].lastError?.message ?? 'down')}`).join('; ');
   }
 
+  /** Asks the PMM to record `half` stale (once per client and half) before a write the other half alone takes is acknowledged. */
+  async #recordStale(half: Half, h: RegionHandle, why: string): Promise<void> {
+    if (h[half].stale || this.#staleRecorded.has(half)) return;
+    await this.#request('mark-stale', { volume: this.volume, half, reason: why });
+    this.#staleRecorded.add(half);
+  }
+
   #usableFor(h: RegionHandle, half: Half): void {
+    if (h[half].stale) {
+      throw new NpmuError('ERR_NPMU_HALF_STALE', `the ${half} of region ${h.name} missed updates and is not served until the volume is resynced (npmu volume resync)`, { half });
+    }
     if (!h[half].available) throw unavailable(half, `region ${h.name} was not mapped on it at open`);
     if (!this.#paths[half].usable) throw unavailable(half, this.#paths[half].lastError?.message ?? 'not connected');
   }

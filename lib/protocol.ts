@@ -327,9 +327,20 @@ const regionHalf = () =>
     durability: durability(),
     /** false when the half cannot be reached; its iova/rkey are then "0"/0 */
     available: S.bool(),
+    /** true when the half missed updates (not mapped; reads and writes of it fail with ERR_NPMU_HALF_STALE) */
+    stale: S.optional(S.bool()),
   });
+/** A half's place in the volume's history: current (in sync), stale (missed updates: not served until resynced), unknown (never reached by this PMM). */
+const halfSync = () => S.enum('current', 'stale', 'unknown');
 const unitStatus = () =>
-  S.object({ unitId: hex32(), host: host(), controlPort: port(), available: S.bool(), durability: durability() });
+  S.object({
+    unitId: hex32(),
+    host: host(),
+    controlPort: port(),
+    available: S.bool(),
+    durability: durability(),
+    sync: S.optional(halfSync()),
+  });
 const empty = () => S.object({});
 
 export type Server = 'unit' | 'pmm' | 'any';
@@ -372,8 +383,25 @@ export const MESSAGES = {
       generation: S.uint(),
       /** the unit's rdma_cm listening port (so a PMM given only the control address can hand it to clients) */
       rdmaPort: S.optional(port()),
+      /** fencing epoch of the PMM holding the unit (0 = none yet) */
+      epoch: S.uint(),
+      /** that PMM's id (all zero with epoch 0) */
+      holder: hex32(),
     }),
   },
+  /**
+   * Fencing: a PMM takes the unit for `epoch` (> the unit's, or equal when it
+   * already holds it). Persisted before the reply. Control connections of
+   * lower epochs are dropped at once, and every state-changing request from a
+   * connection that has not claimed the current epoch gets ERR_NPMU_FENCED.
+   */
+  claim: {
+    server: 'unit',
+    request: S.object({ epoch: S.uint({ min: 1 }), pmmId: hex32() }),
+    reply: S.object({ epoch: S.uint(), previousEpoch: S.uint(), previousHolder: hex32() }),
+  },
+  /** Drops every mapping of every session (their rkeys die at once); for a half that missed updates. */
+  revoke: { server: 'unit', request: empty(), reply: S.object({ mappings: S.uint() }) },
   /** Unit statistics. */
   info: {
     server: 'unit',
@@ -549,7 +577,22 @@ export const MESSAGES = {
     reply: S.object({
       volume: volumeName(),
       volumeId: hex32(),
-      state: S.enum('ok', 'degraded', 'offline'),
+      /**
+       * ok: both halves current and up; degraded: one current half serves;
+       * offline: no current half is reachable; waiting: the only reachable
+       * half cannot know whether the other went on without it (bring the
+       * other back, or force); split-brain: both halves went on alone (force
+       * one); fenced: another PMM took the volume over.
+       */
+      state: S.enum('ok', 'degraded', 'offline', 'waiting', 'split-brain', 'fenced'),
+      /** why the volume is not ok, for operators */
+      reason: S.optional(S.string(1024)),
+      /** the PMM's fencing epoch on the volume's units */
+      epoch: S.optional(S.uint()),
+      /** metadata generation */
+      generation: S.optional(S.uint()),
+      /** a resync in progress: bytes copied of the total */
+      resync: S.optional(S.object({ half: S.enum('primary', 'mirror'), done: S.uint(), total: S.uint() })),
       pageSize: S.uint(),
       totalPages: S.uint(),
       usedPages: S.uint(),
@@ -557,6 +600,37 @@ export const MESSAGES = {
       primary: unitStatus(),
       mirror: unitStatus(),
     }),
+  },
+  /**
+   * Operator: brings a stale half up to date by a full copy of every region's
+   * bytes and the metadata, then marks it current. Refused while any region
+   * is open (the copy cannot see one-sided writes made during it). Progress
+   * shows in volume-status.
+   */
+  'volume-resync': {
+    server: 'pmm',
+    request: S.object({ volume: volumeName() }),
+    reply: S.object({ half: S.enum('primary', 'mirror'), regions: S.uint(), bytes: S.uint() }),
+  },
+  /**
+   * Operator: serves a volume that is waiting or split-brain from `half`,
+   * marking the other half stale. What the other half acknowledged alone is
+   * lost: the command says so.
+   */
+  'volume-force': {
+    server: 'pmm',
+    request: S.object({ volume: volumeName(), half: S.enum('primary', 'mirror') }),
+    reply: S.object({ stale: S.enum('primary', 'mirror') }),
+  },
+  /**
+   * Client: `half` missed (or is about to miss) a write this client will
+   * acknowledge: record it stale on the other half before that. Its mappings
+   * are revoked and no one reads it until it is resynced.
+   */
+  'mark-stale': {
+    server: 'pmm',
+    request: S.object({ volume: volumeName(), half: S.enum('primary', 'mirror'), reason: S.string(256) }),
+    reply: empty(),
   },
   /** Creates a volume from two unbound units in separate fault domains ([0059]). */
   'create-volume': {

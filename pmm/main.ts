@@ -43,7 +43,7 @@ export async function runPmm(o: PmmMainOptions): Promise<PmmServer> {
     log: stderrLogger('pmm', o.quiet),
     zeroNewRegions: o.zero ?? true,
   });
-  const volumes = [...pmm.volumes.values()].map((v) => ({ name: v.name, volumeId: v.volumeId, state: v.state, regions: v.meta.regions.length }));
+  const volumes = [...pmm.volumes.values()].map((v) => ({ name: v.name, volumeId: v.volumeId, state: v.state, regions: v.image.regionCount }));
   if (o.json) process.stdout.write(JSON.stringify({ event: 'ready', pmmId: pmm.pmmId, host: pmm.host, port: pmm.port, volumes }) + '\n');
   else {
     process.stdout.write(`npmu PMM ${pmm.pmmId} serving on ${pmm.host}:${pmm.port}\n`);

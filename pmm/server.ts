@@ -28,8 +28,6 @@ import { pagesFor } from './alloc';
 import type { ClientRegistry, Role } from './credentials';
 import { HALVES, UnitLink, Volume, formatAddress, mapIdFor, mapWithRetry, silentLogger } from './volume';
 import type { Half, Logger, UnitAddress } from './volume';
-import { encodeMeta, slotSize } from './metadata';
-import type { RegionMeta, VolumeMeta } from './metadata';
 
 export interface PmmOptions {
   /** The 32-byte key shared with the units (lib/ticket.ts). */
@@ -51,6 +49,8 @@ export interface PmmOptions {
   ticketTtlSec?: number;
   /** 32 hex digits; default random per process. */
   pmmId?: string;
+  /** Last-open times are written back to the units at most this often (ms). Default 5000. */
+  touchFlushMs?: number;
 }
 
 interface Session {
@@ -70,6 +70,15 @@ interface Open {
   regionId: number;
   region: string;
   maps: Partial<Record<Half, string>>;
+}
+
+/** A volume found on the units that this PMM does not serve (yet), and why. */
+interface Unserved {
+  volumeId: string;
+  name: string;
+  state: 'waiting' | 'split-brain' | 'fenced';
+  reason: string;
+  links: Partial<Record<Half, UnitLink>>;
 }
 
 interface UnitEntry {
@@ -104,6 +113,8 @@ export class PmmServer {
   readonly #sessions = new Map<string, Session>();
   readonly #opens = new Map<number, Open>();
   readonly #conns = new Set<ServerConnection>();
+  /** volumeId → a volume seen on the units but not served: waiting, split-brain, or fenced (taken over by another PMM). */
+  readonly #unserved = new Map<string, Unserved>();
   #nextHandle = 1;
   #timer: NodeJS.Timeout | null = null;
   #closed = false;
@@ -224,34 +235,72 @@ export class PmmServer {
         }
         continue;
       }
-      const g = byVolume.get(volumeId) ?? {};
+      const un = this.#unserved.get(volumeId);
+      if (un?.state === 'fenced') {
+        // Taken over by another PMM: never taken back behind its back (restart this PMM to take it back).
+        l.close();
+        continue;
+      }
+      const g = byVolume.get(volumeId) ?? { ...(un?.links ?? {}) };
       g[role] = l;
       byVolume.set(volumeId, g);
     }
-    for (const [volumeId, g] of byVolume) {
-      try {
-        const v = await Volume.recover(g, this.#volumeOptions());
-        const clash = this.volumes.get(v.name);
-        if (clash) {
-          this.#log.warn(`volume ${v.name} (${volumeId}) has the same name as served volume ${clash.volumeId}; not served`);
-          await v.close();
-          continue;
-        }
-        this.#serveVolume(v);
-      } catch (e) {
-        const code = (e as NpmuError).code;
+    for (const [volumeId, g] of byVolume) await this.#recover(volumeId, g).catch(() => undefined);
+  }
+
+  /** Takes a volume from the units given (pmm/history.ts decides); a volume that must not be served yet is kept as unserved. */
+  async #recover(volumeId: string, g: Partial<Record<Half, UnitLink>>, force?: Half): Promise<Volume> {
+    try {
+      const v = await Volume.recover(g, { ...this.#volumeOptions(), ...(force ? { force } : {}) });
+      this.#unserved.delete(volumeId);
+      const clash = this.volumes.get(v.name);
+      if (clash) {
+        this.#log.warn(`volume ${v.name} (${volumeId}) has the same name as served volume ${clash.volumeId}; not served`);
+        await v.close();
+        throw err('ERR_NPMU_VOLUME_EXISTS', `a volume named ${v.name} is already served`);
+      }
+      this.#serveVolume(v);
+      return v;
+    } catch (e) {
+      const code = (e as NpmuError).code;
+      if (code === 'ERR_NPMU_VOLUME_WAITING' || code === 'ERR_NPMU_SPLIT_BRAIN') {
+        const name = ((e as NpmuError).volume as string | undefined) ?? volumeId;
+        const state = code === 'ERR_NPMU_SPLIT_BRAIN' ? 'split-brain' : 'waiting';
+        const prev = this.#unserved.get(volumeId);
+        if (prev?.reason !== (e as Error).message) this.#log.warn(`volume ${name}: not served (${state}): ${(e as Error).message}`);
+        this.#unserved.set(volumeId, { volumeId, name, state, reason: (e as Error).message, links: g });
+        for (const h of HALVES) g[h]?.once('down', () => {
+          const u = this.#unserved.get(volumeId);
+          if (u && u.links[h] === g[h]) delete u.links[h];
+        });
+      } else {
         const why = code === 'ERR_NPMU_META_EMPTY' ? 'no metadata (creation interrupted? run create-volume again with force)' : (e as Error).message;
         this.#log.warn(`volume ${volumeId}: cannot recover: ${why}`);
       }
+      throw e;
     }
   }
 
-  #volumeOptions(): { key: Uint8Array; log: Logger; zeroNewRegions: boolean } {
-    return { key: this.#opts.key, log: this.#log, zeroNewRegions: this.#opts.zeroNewRegions ?? true };
+  #volumeOptions(): { key: Uint8Array; log: Logger; zeroNewRegions: boolean; pmmId: string; touchFlushMs?: number } {
+    return {
+      key: this.#opts.key,
+      log: this.#log,
+      zeroNewRegions: this.#opts.zeroNewRegions ?? true,
+      pmmId: this.pmmId,
+      ...(this.#opts.touchFlushMs !== undefined ? { touchFlushMs: this.#opts.touchFlushMs } : {}),
+    };
   }
 
   #serveVolume(v: Volume): void {
     this.volumes.set(v.name, v);
+    v.once('fenced', (e: NpmuError) => {
+      // Another PMM took the volume: stop serving it now, and end the sessions on it.
+      if (this.volumes.get(v.name) === v) this.volumes.delete(v.name);
+      this.#unserved.set(v.volumeId, { volumeId: v.volumeId, name: v.name, state: 'fenced', reason: e.message, links: {} });
+      for (const s of [...this.#sessions.values()]) if (s.volume === v) s.conn.destroy();
+      for (const o of [...this.#opens.values()]) if (o.volume === v) this.#opens.delete(o.handleId);
+      void v.close();
+    });
   }
 
   // ---- connections ------------------------------------------------------------
@@ -287,6 +336,10 @@ export class PmmServer {
         return this.#createVolume(msg, conn);
       case 'volume-status':
         return this.#volumeStatus(msg, conn);
+      case 'volume-resync':
+        return this.#volumeResync(msg, conn);
+      case 'volume-force':
+        return this.#volumeForce(msg, conn);
       default:
         break;
     }
@@ -305,6 +358,8 @@ export class PmmServer {
         return this.#listRegions(s, msg);
       case 'read-attributes':
         return this.#readAttributes(s, msg);
+      case 'mark-stale':
+        return this.#markStale(s, msg);
       default:
         throw err('ERR_NPMU_PROTO_UNKNOWN_TYPE', `${msg.type} is not served by a PMM`);
     }
@@ -322,7 +377,11 @@ export class PmmServer {
     if (conn.state.session) throw err('ERR_NPMU_ALREADY_ATTACHED', 'this connection is already attached; open another for another session');
     const roles = this.#opts.clients.verify(msg.client, decodeBytes(msg.credential));
     const v = this.volumes.get(msg.volume);
-    if (!v) throw err('ERR_NPMU_NO_SUCH_VOLUME', `no volume named ${JSON.stringify(msg.volume)} is served here`, { volume: msg.volume });
+    if (!v) {
+      const u = this.#unservedNamed(msg.volume);
+      if (u) throw err(u.state === 'fenced' ? 'ERR_NPMU_FENCED' : 'ERR_NPMU_VOLUME_UNAVAILABLE', `volume ${msg.volume} is not served here (${u.state}): ${u.reason}`, { volume: msg.volume, state: u.state });
+      throw err('ERR_NPMU_NO_SUCH_VOLUME', `no volume named ${JSON.stringify(msg.volume)} is served here`, { volume: msg.volume });
+    }
     if (conn.closed) throw err('ERR_NPMU_DISCONNECTED', 'gone');
     let id: bigint;
     do id = (randomBytes(8).readBigUInt64LE(0) >> 1n) | 1n;
@@ -339,7 +398,7 @@ export class PmmServer {
         rdmaPort: a?.rdmaPort ?? 1,
         controlPort: a?.controlPort ?? 1,
         unitId: hs.unitId,
-        available: v.isUp(h) && a?.rdmaPort !== undefined,
+        available: v.serves(h) && a?.rdmaPort !== undefined,
       };
     };
     const ticket = (h: Half) => issueTicket({ key: this.#opts.key, kind: 'client', unitId: v.halves[h].unitId, sessionId: id, ttlSec });
@@ -357,19 +416,17 @@ export class PmmServer {
   async #createRegion(s: Session, msg: RequestBody<'create-region'>): Promise<void> {
     const v = this.#volumeOf(s, msg.volume);
     const basePointer = BigInt(msg.basePointer);
+    const pageSize = v.image.volume.pageSize;
+    const pages = pagesFor(msg.size, pageSize);
+    // [0069] pointers in [base, base + size) must not wrap; nor may the mapping
+    const iova = basePointer - (basePointer % PAGE_4K);
+    if (basePointer + BigInt(msg.size) > U64 || iova + BigInt(pages) * BigInt(pageSize) > U64) {
+      throw err('ERR_OUT_OF_RANGE', `base pointer ${basePointer} + size ${msg.size} passes 2^64`, { basePointer: msg.basePointer, size: msg.size });
+    }
     await v.exclusive(async () => {
       // [0079] names are unique in a volume
       if (v.region(msg.name)) throw err('ERR_NPMU_REGION_EXISTS', `region ${JSON.stringify(msg.name)} already exists in ${v.name}`, { region: msg.name });
-      if (v.state !== 'ok') {
-        throw err('ERR_NPMU_VOLUME_DEGRADED', `volume ${v.name} is ${v.state}: regions are created only when both halves are up`, { state: v.state });
-      }
-      const pageSize = v.meta.pageSize;
-      const pages = pagesFor(msg.size, pageSize);
-      // [0069] pointers in [base, base + size) must not wrap; nor may the mapping
-      const iova = basePointer - (basePointer % PAGE_4K);
-      if (basePointer + BigInt(msg.size) > U64 || iova + BigInt(pages) * BigInt(pageSize) > U64) {
-        throw err('ERR_OUT_OF_RANGE', `base pointer ${basePointer} + size ${msg.size} passes 2^64`, { basePointer: msg.basePointer, size: msg.size });
-      }
+      if (!HALVES.some((h) => v.serves(h))) throw err('ERR_NPMU_VOLUME_OFFLINE', `volume ${v.name} is ${v.state}: no current half is reachable`, { state: v.state });
       // [0078] any size up to the available space
       if (pages > v.freePages) {
         throw err('ERR_NPMU_NO_SPACE', `no space: ${msg.size} bytes need ${pages} pages of ${pageSize}, ${v.freePages} free`, {
@@ -377,32 +434,12 @@ export class PmmServer {
           free: v.freePages,
         });
       }
-      try {
-        const primaryExtents = v.halves.primary.alloc.allocate(pages);
-        const mirrorExtents = v.halves.mirror.alloc.allocate(pages);
-        const region: RegionMeta = {
-          id: v.meta.nextRegionId,
-          name: msg.name,
-          size: msg.size,
-          basePointer,
-          owner: s.client,
-          createdAtMs: Date.now(),
-          lastOpenAtMs: 0,
-          durable: msg.durable ?? true,
-          primaryExtents,
-          mirrorExtents,
-        };
-        const next: VolumeMeta = { ...v.meta, nextRegionId: region.id + 1, regions: [...v.meta.regions, region] };
-        // Fail on ERR_NPMU_META_TOO_LARGE before any page is touched.
-        encodeMeta(next, v.generation + 1, slotSize(Math.min(...HALVES.map((h) => v.halves[h].hello!.metaLength))));
-        // design.md: zero the pages, then commit, then answer
-        await v.zeroPages(region.id, { primary: primaryExtents, mirror: mirrorExtents });
-        await v.commit(next);
-        this.#log.info(`volume ${v.name}: ${s.client} created region ${JSON.stringify(msg.name)} (${msg.size} bytes, ${pages} pages, base ${basePointer})`);
-      } catch (e) {
-        v.resetAllocators();
-        throw e;
-      }
+      // design.md: zero the pages, then commit, then answer
+      await v.createRegion(
+        { name: msg.name, size: msg.size, basePointer, owner: s.client, createdAtMs: Date.now(), lastOpenAtMs: 0, durable: msg.durable ?? true },
+        pages,
+      );
+      this.#log.info(`volume ${v.name}: ${s.client} created region ${JSON.stringify(msg.name)} (${msg.size} bytes, ${pages} pages, base ${basePointer})`);
     });
   }
 
@@ -427,8 +464,7 @@ export class PmmServer {
         }
       }
       for (const o of opens) await this.#closeOpen(o);
-      const next: VolumeMeta = { ...v.meta, regions: v.meta.regions.filter((x) => x.id !== r.id) };
-      await v.commit(next);
+      await v.deleteRegion(r);
       this.#log.info(`volume ${v.name}: ${s.client} deleted region ${JSON.stringify(r.name)}`);
     });
   }
@@ -450,9 +486,10 @@ export class PmmServer {
       const failures: NpmuError[] = [];
       await Promise.all(
         HALVES.map(async (h) => {
-          const off = { unitId: v.halves[h].unitId, mapId: '0', iova: '0', rkey: 0, durability: v.durabilityOf(h), available: false };
+          const off = { unitId: v.halves[h].unitId, mapId: '0', iova: '0', rkey: 0, durability: v.durabilityOf(h), available: false, stale: v.syncOf(h) === 'stale' };
           halves[h] = off;
-          if (!v.isUp(h)) return;
+          // A half that missed updates is never mapped: nothing reads it until it is resynced.
+          if (!v.serves(h)) return;
           const mapId = mapIdFor(r.id, ++s.mapSeq);
           try {
             const m = await mapWithRetry(() =>
@@ -484,15 +521,8 @@ export class PmmServer {
         await this.#closeOpen(o);
         throw err('ERR_NPMU_DISCONNECTED', 'the client went away');
       }
-      // [0096] last open time is an attribute: recorded in the metadata
-      const now = Date.now();
-      const next: VolumeMeta = { ...v.meta, regions: v.meta.regions.map((x) => (x.id === r.id ? { ...x, lastOpenAtMs: now } : x)) };
-      try {
-        await v.commit(next);
-      } catch (e) {
-        await this.#closeOpen(o);
-        throw e;
-      }
+      // [0096] last open time is an attribute: written back to the units lazily (within seconds), not on the open's path
+      v.touch(r.id, Date.now());
       return {
         handleId: o.handleId,
         name: r.name,
@@ -544,9 +574,8 @@ export class PmmServer {
 
   #listRegions(s: Session, msg: RequestBody<'list-regions'>): ReplyInput<'list-regions'> {
     const v = this.#volumeOf(s, msg.volume);
-    const all = v.meta.regions.map((r) => r.name);
     // [0095] the true count even when the list is cut short
-    return { names: all.slice(0, msg.max), count: all.length };
+    return { names: v.image.names(msg.max), count: v.image.regionCount };
   }
 
   #readAttributes(s: Session, msg: RequestBody<'read-attributes'>): ReplyInput<'read-attributes'> {
@@ -560,10 +589,10 @@ export class PmmServer {
         basePointer: r.basePointer,
         owner: r.owner,
         createdAtMs: r.createdAtMs,
-        lastOpenAtMs: r.lastOpenAtMs,
+        lastOpenAtMs: v.lastOpenAtMs(r),
         durable: r.durable,
         durability: v.durability,
-        pages: pagesFor(r.size, v.meta.pageSize),
+        pages: pagesFor(r.size, v.image.volume.pageSize),
         openCount: this.#opensOf(v, r.id).length + (v.orphans.get(r.id)?.length ?? 0),
       },
     };
@@ -585,28 +614,94 @@ export class PmmServer {
       throw err(s ? 'ERR_NPMU_WRONG_VOLUME' : 'ERR_NPMU_NOT_ATTACHED', `volume-status: attach to ${msg.volume} first (or ask from the PMM's host)`);
     }
     const v = this.volumes.get(msg.volume);
-    if (!v) throw err('ERR_NPMU_NO_SUCH_VOLUME', `no volume named ${JSON.stringify(msg.volume)} is served here`, { volume: msg.volume });
+    if (!v) {
+      const u = this.#unservedNamed(msg.volume);
+      if (!u) throw err('ERR_NPMU_NO_SUCH_VOLUME', `no volume named ${JSON.stringify(msg.volume)} is served here`, { volume: msg.volume });
+      const unit = (h: Half) => {
+        const l = u.links[h];
+        return {
+          unitId: l?.unitId ?? '0'.repeat(32),
+          host: l?.address.host ?? 'unknown',
+          controlPort: l?.address.controlPort ?? 1,
+          available: l?.up === true,
+          durability: (l?.hello.durability ?? 'volatile') as 'pmem' | 'msync' | 'volatile',
+          sync: 'unknown' as const,
+        };
+      };
+      return { volume: u.name, volumeId: u.volumeId, state: u.state, reason: u.reason.slice(0, 1024), pageSize: 4096, totalPages: 0, usedPages: 0, regions: 0, primary: unit('primary'), mirror: unit('mirror') };
+    }
     const unit = (h: Half) => {
       const hs = v.halves[h];
       return {
         unitId: hs.unitId,
         host: hs.address?.host ?? 'unknown',
         controlPort: hs.address?.controlPort ?? 1,
-        available: v.isUp(h),
+        available: v.serves(h),
         durability: v.durabilityOf(h),
+        sync: v.syncOf(h),
       };
     };
+    const reason = v.reason;
     return {
       volume: v.name,
       volumeId: v.volumeId,
       state: v.state,
-      pageSize: v.meta.pageSize,
-      totalPages: v.meta.dataPages,
+      ...(reason ? { reason: reason.slice(0, 1024) } : {}),
+      epoch: v.epoch,
+      generation: v.generation,
+      ...(v.resync ? { resync: { ...v.resync } } : {}),
+      pageSize: v.image.volume.pageSize,
+      totalPages: v.image.volume.dataPages,
       usedPages: v.usedPages,
-      regions: v.meta.regions.length,
+      regions: v.image.regionCount,
       primary: unit('primary'),
       mirror: unit('mirror'),
     };
+  }
+
+  #unservedNamed(name: string): Unserved | undefined {
+    return [...this.#unserved.values()].find((u) => u.name === name);
+  }
+
+  /** Operator: full-copy resync of the stale half; refused while any region is open (clients write one-sided). */
+  async #volumeResync(msg: RequestBody<'volume-resync'>, conn: ServerConnection): Promise<ReplyInput<'volume-resync'>> {
+    if (!this.#isAdmin(conn)) throw err('ERR_NPMU_NOT_AUTHORIZED', 'volume-resync: only an admin client, or a connection from the PMM host');
+    const v = this.volumes.get(msg.volume);
+    if (!v) throw err('ERR_NPMU_NO_SUCH_VOLUME', `no volume named ${JSON.stringify(msg.volume)} is served here`, { volume: msg.volume });
+    return v.exclusive(async () => {
+      const opens = [...this.#opens.values()].filter((o) => o.volume === v).length;
+      await v.scanOrphans((id) => this.#sessions.has(id));
+      const orphans = [...v.orphans.values()].reduce((n, l) => n + l.length, 0);
+      if (opens + orphans > 0) {
+        throw err('ERR_NPMU_VOLUME_BUSY', `volume ${v.name}: ${opens + orphans} region open(s); a full-copy resync needs every region closed (writes are one-sided and cannot be seen by the copy)`, {
+          opens: opens + orphans,
+        });
+      }
+      return v.resyncStale();
+    });
+  }
+
+  /** Operator: serve a waiting or split-brain volume from one half, the other marked stale. */
+  async #volumeForce(msg: RequestBody<'volume-force'>, conn: ServerConnection): Promise<ReplyInput<'volume-force'>> {
+    if (!this.#isAdmin(conn)) throw err('ERR_NPMU_NOT_AUTHORIZED', 'volume-force: only an admin client, or a connection from the PMM host');
+    if (this.volumes.has(msg.volume)) throw err('ERR_NPMU_VOLUME_SERVED', `volume ${msg.volume} is served (${this.volumes.get(msg.volume)!.state}); force is for a waiting or split-brain volume`);
+    const u = this.#unservedNamed(msg.volume);
+    if (!u) throw err('ERR_NPMU_NO_SUCH_VOLUME', `no volume named ${JSON.stringify(msg.volume)} is known here`, { volume: msg.volume });
+    if (u.state === 'fenced') throw err('ERR_NPMU_FENCED', `volume ${msg.volume} was taken over by another PMM; restart this PMM to take it back`);
+    const links = Object.fromEntries(HALVES.filter((h) => u.links[h]?.up).map((h) => [h, u.links[h]!])) as Partial<Record<Half, UnitLink>>;
+    if (!links[msg.half]) throw err('ERR_NPMU_HALF_UNAVAILABLE', `the ${msg.half} of ${msg.volume} is not reachable`, { half: msg.half });
+    const v = await this.#recover(u.volumeId, links, msg.half);
+    this.#log.warn(`volume ${v.name}: forced from the ${msg.half} by the operator; the ${v.stale ?? 'other half'} is stale`);
+    return { stale: msg.half === 'primary' ? 'mirror' : 'primary' };
+  }
+
+  /** A client saw a half fail, or will acknowledge a write the other half lacks: record it stale first. */
+  async #markStale(s: Session, msg: RequestBody<'mark-stale'>): Promise<void> {
+    const v = this.#volumeOf(s, msg.volume);
+    if (v.syncOf(msg.half) === 'stale') return;
+    this.#log.warn(`volume ${v.name}: ${s.client} reports the ${msg.half} stale: ${msg.reason}`);
+    await v.markStale(msg.half, `reported by ${s.client}: ${msg.reason}`);
+    if (v.syncOf(msg.half) !== 'stale') throw err('ERR_NPMU_VOLUME_OFFLINE', `volume ${v.name}: the ${msg.half} could not be recorded stale`);
   }
 
   async #createVolume(msg: RequestBody<'create-volume'>, conn: ServerConnection): Promise<ReplyInput<'create-volume'>> {

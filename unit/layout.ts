@@ -24,7 +24,7 @@
  * | offset | size | field         | meaning                                                        |
  * | -----: | ---: | ------------- | -------------------------------------------------------------- |
  * |      0 |    8 | magic         | ASCII `NPMUUNIT`                                               |
- * |      8 |    4 | layoutVersion | 1                                                              |
+ * |      8 |    4 | layoutVersion | 2 (1 is read too: its epoch and holder are zero)               |
  * |     12 |    4 | headerSize    | 256: bytes of the struct, CRC included                         |
  * |     16 |    8 | generation    | +1 on every superblock update (≥ 1)                            |
  * |     24 |   16 | unitId        | random at format time; never changes                           |
@@ -41,7 +41,9 @@
  * |    113 |    1 | durability    | 0 volatile (tmpfs), 1 msync (file), 2 pmem (devdax / DAX)      |
  * |    114 |    6 | (reserved)    | zero                                                           |
  * |    120 |   32 | label         | UTF-8, NUL padded (no NUL inside the text)                     |
- * |    152 |  100 | (reserved)    | zero                                                           |
+ * |    152 |    8 | epoch         | fencing epoch of the PMM that holds the unit (0 = none yet)     |
+ * |    160 |   16 | holder        | id of that PMM (32 hex digits); all zero with epoch 0           |
+ * |    176 |   76 | (reserved)    | zero                                                           |
  * |    252 |    4 | crc32c        | CRC-32C (lib/crc32c.ts) of bytes [0, 252)                      |
  *
  * Invariant for every layout version, present and future: bytes 0-15 (magic,
@@ -49,6 +51,15 @@
  * last 4 bytes of the struct, over all bytes before it. That is what lets this
  * version tell a superblock written by newer software (refused with
  * `ERR_NPMU_LAYOUT_TOO_NEW`) from a damaged one (`ERR_NPMU_CORRUPT`).
+ *
+ * ## Fencing (one writer per unit)
+ *
+ * `epoch` and `holder` are the fence. A PMM takes a unit with `claim`
+ * (epoch > the stored one; persisted here before the reply); from then on the
+ * unit refuses every state-changing request (metadata writes, maps, unmaps,
+ * persists, zeroing maps, format-volume) from any control connection that has
+ * not claimed the current epoch (`ERR_NPMU_FENCED`) and drops the control
+ * connections of lower epochs at once. The epoch only grows.
  *
  * ## Atomic update (the two-slot rule, [0060], [0062])
  *
@@ -84,7 +95,9 @@ import { crc32c } from '../lib/crc32c';
 import { NpmuError, argRangeError, argTypeError, argValueError } from '../lib/errors';
 
 /** The layout version this code writes and the newest it reads. */
-export const LAYOUT_VERSION = 1;
+export const LAYOUT_VERSION = 2;
+/** The oldest layout version this code reads (it writes LAYOUT_VERSION on the next update). */
+export const MIN_LAYOUT_VERSION = 1;
 /** `NPMUUNIT` */
 export const SUPERBLOCK_MAGIC: Buffer = Buffer.from('NPMUUNIT', 'latin1');
 /** Bytes of the superblock struct (CRC included) in layout version 1. */
@@ -97,8 +110,12 @@ export const SUPERBLOCK_OFFSET = { A: 0, B: 4096 } as const;
 export const META_OFFSET = 8192;
 /** Smallest metadata area accepted at format time. */
 export const MIN_META_LENGTH = 64 * 1024;
-/** Default start of the data area (before rounding up to the page size). */
-export const DEFAULT_DATA_OFFSET = 1024 * 1024;
+/** Default start of the data area (before rounding up to the page size) on devices of at least LARGE_DEVICE bytes: 8 MiB of metadata (more than 10,000 regions). */
+export const DEFAULT_DATA_OFFSET = 8 * 1024 * 1024;
+/** Default start of the data area on smaller devices. */
+export const SMALL_DATA_OFFSET = 1024 * 1024;
+/** Devices of at least this size get the large default metadata area. */
+export const LARGE_DEVICE = 128 * 1024 * 1024;
 export const MIN_PAGE_SIZE = 4096;
 export const MAX_PAGE_SIZE = 1024 * 1024 * 1024;
 /** Maximum label length in UTF-8 bytes. */
@@ -135,10 +152,14 @@ export interface Superblock extends Layout {
   role: Role;
   durability: Durability;
   label: string;
+  /** Fencing epoch of the holder (0 = never claimed). */
+  epoch: number;
+  /** The PMM holding the unit: 32 hex digits, all zero when epoch is 0. */
+  holder: string;
 }
 
 /** The fields an update may change; everything else is fixed at format time. */
-export type SuperblockChanges = Partial<Pick<Superblock, 'volumeId' | 'role' | 'durability' | 'label'>>;
+export type SuperblockChanges = Partial<Pick<Superblock, 'volumeId' | 'role' | 'durability' | 'label' | 'epoch' | 'holder'>>;
 
 // Field offsets (see the table above).
 const O = {
@@ -160,7 +181,9 @@ const O = {
   durability: 113,
   reserved2: 114,
   label: 120,
-  reserved3: 152,
+  epoch: 152,
+  holder: 160,
+  reserved3: 176,
   crc: 252,
 } as const;
 
@@ -195,7 +218,7 @@ export function planLayout(opts: { capacity: number; pageSize: number; metaLengt
   }
   let dataOffset: number;
   if (metaLength === undefined) {
-    dataOffset = roundUp(DEFAULT_DATA_OFFSET, pageSize);
+    dataOffset = roundUp(capacity >= LARGE_DEVICE ? DEFAULT_DATA_OFFSET : SMALL_DATA_OFFSET, pageSize);
   } else {
     if (typeof metaLength !== 'number') throw argTypeError('metaLength', 'of type number', metaLength);
     if (!Number.isSafeInteger(metaLength) || metaLength < MIN_META_LENGTH) {
@@ -252,6 +275,8 @@ export function createSuperblock(
     role: 'none',
     durability: opts.durability,
     label: opts.label ?? '',
+    epoch: 0,
+    holder: ZERO_ID,
   };
   const why = checkSuperblock(sb);
   if (why) throw argValueError('superblock', why, sb);
@@ -264,8 +289,8 @@ export function createSuperblock(
  */
 function checkSuperblock(sb: Superblock): string | undefined {
   const u = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
-  if (sb.layoutVersion !== LAYOUT_VERSION) return `layoutVersion must be ${LAYOUT_VERSION}`;
-  for (const k of ['generation', 'capacity', 'pageSize', 'metaOffset', 'metaLength', 'dataOffset', 'dataPages', 'createdAtMs'] as const) {
+  if (sb.layoutVersion < MIN_LAYOUT_VERSION || sb.layoutVersion > LAYOUT_VERSION) return `layoutVersion must be in [${MIN_LAYOUT_VERSION}, ${LAYOUT_VERSION}]`;
+  for (const k of ['generation', 'capacity', 'pageSize', 'metaOffset', 'metaLength', 'dataOffset', 'dataPages', 'createdAtMs', 'epoch'] as const) {
     if (!u(sb[k])) return `${k} must be a non-negative safe integer`;
   }
   if (sb.generation < 1) return 'generation must be at least 1';
@@ -275,6 +300,8 @@ function checkSuperblock(sb: Superblock): string | undefined {
   if (!ROLES.includes(sb.role)) return `role must be one of ${ROLES.join(', ')}`;
   if (!DURABILITIES.includes(sb.durability)) return `durability must be one of ${DURABILITIES.join(', ')}`;
   if ((sb.role === 'none') !== (sb.volumeId === ZERO_ID)) return 'role must be "none" exactly when volumeId is all zero';
+  if (typeof sb.holder !== 'string' || !HEX32.test(sb.holder)) return 'holder must be 32 lowercase hex digits';
+  if ((sb.epoch === 0) !== (sb.holder === ZERO_ID)) return 'holder must be all zero exactly when epoch is 0';
   if (typeof sb.label !== 'string') return 'label must be a string';
   if (sb.label.includes('\0')) return 'label must not contain NUL';
   if (Buffer.byteLength(sb.label, 'utf8') > LABEL_MAX) return `label must be at most ${LABEL_MAX} UTF-8 bytes`;
@@ -318,6 +345,8 @@ export function encodeSuperblock(sb: Superblock): Buffer {
   b.writeUInt8(ROLES.indexOf(sb.role), O.role);
   b.writeUInt8(DURABILITIES.indexOf(sb.durability), O.durability);
   b.write(sb.label, O.label, LABEL_MAX, 'utf8');
+  b.writeBigUInt64LE(BigInt(sb.epoch), O.epoch);
+  b.write(sb.holder, O.holder, 16, 'hex');
   b.writeUInt32LE(crc32c(b.subarray(0, O.crc)), O.crc);
   return b;
 }
@@ -359,7 +388,7 @@ export function decodeSuperblock(buf: Uint8Array): Superblock {
       { layoutVersion, supported: LAYOUT_VERSION },
     );
   }
-  if (layoutVersion < 1) throw corrupt(`impossible layoutVersion ${layoutVersion}`);
+  if (layoutVersion < MIN_LAYOUT_VERSION) throw corrupt(`impossible layoutVersion ${layoutVersion}`);
   if (headerSize !== SUPERBLOCK_SIZE) throw corrupt(`headerSize ${headerSize} != ${SUPERBLOCK_SIZE}`);
   const u64 = (off: number, name: string): number => {
     const v = b.readBigUInt64LE(off);
@@ -404,6 +433,8 @@ export function decodeSuperblock(buf: Uint8Array): Superblock {
     role,
     durability,
     label,
+    epoch: layoutVersion >= 2 ? u64(O.epoch, 'epoch') : 0,
+    holder: layoutVersion >= 2 ? b.toString('hex', O.holder, O.holder + 16) : ZERO_ID,
   };
   const why = checkSuperblock(sb);
   if (why) throw corrupt(why);
@@ -505,11 +536,12 @@ export function nextSuperblockWrite(
   current: { sb: Superblock; copy: SuperblockCopy },
   changes: SuperblockChanges,
 ): { offset: number; bytes: Buffer; sb: Superblock; copy: SuperblockCopy } {
-  const mutable = new Set(['volumeId', 'role', 'durability', 'label']);
+  const mutable = new Set(['volumeId', 'role', 'durability', 'label', 'epoch', 'holder']);
   for (const k of Object.keys(changes)) {
     if (!mutable.has(k)) throw argValueError(`changes.${k}`, 'cannot be changed after format', (changes as Record<string, unknown>)[k]);
   }
   const copy: SuperblockCopy = current.copy === 'A' ? 'B' : 'A';
-  const sb: Superblock = { ...current.sb, ...changes, generation: current.sb.generation + 1 };
+  const sb: Superblock = { ...current.sb, ...changes, layoutVersion: LAYOUT_VERSION, generation: current.sb.generation + 1 };
+  if (sb.epoch < current.sb.epoch) throw argValueError('changes.epoch', `must not go below ${current.sb.epoch}`, sb.epoch);
   return { offset: SUPERBLOCK_OFFSET[copy], bytes: encodeSuperblock(sb), sb, copy };
 }

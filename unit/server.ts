@@ -29,6 +29,8 @@
  * another session), `ERR_NPMU_NO_SESSION`, `ERR_NPMU_NO_MAPPING`,
  * `ERR_NPMU_MAP_EXISTS`, `ERR_NPMU_BAD_IOVA`, `ERR_NPMU_TOO_MANY`,
  * `ERR_NPMU_UNIT_BOUND` (format-volume over another volume without force),
+ * `ERR_NPMU_FENCED` (a state-changing request from a PMM that does not hold
+ * the current fencing epoch, or a claim below it),
  * the ticket codes of lib/ticket.ts, and verbs errors (ENOMEM, …) unchanged.
  * RDMA reject reasons: the ticket codes, `ERR_NPMU_SESSION_BUSY`,
  * `ERR_NPMU_TOO_MANY`, `ERR_NPMU_SHUTTING_DOWN`.
@@ -89,9 +91,12 @@ interface Session {
 /** What `info` returns (the protocol's info reply). */
 export type UnitInfo = ReplyInput<'info'> & { durability: Durability };
 
-type Peer = { kind: TicketKind; sessionId: string };
+type Peer = { kind: TicketKind; sessionId: string; /** the fencing epoch this connection claimed */ epoch?: number };
 
 const CLIENT_TYPES: ReadonlySet<MessageType> = new Set(['hello', 'ping', 'persist-range']);
+/** PMM requests that change the unit's state: only from a connection holding the current epoch. */
+const FENCED_TYPES: ReadonlySet<MessageType> = new Set(['format-volume', 'meta-write', 'set-usage', 'map', 'unmap', 'persist', 'revoke']);
+const ZERO_ID = '0'.repeat(32);
 const SYS_PAGE = 4096n;
 const U64_END = 2n ** 64n;
 
@@ -349,6 +354,8 @@ export class UnitServer extends EventEmitter {
         layoutVersion: sb.layoutVersion,
         generation: sb.generation,
         rdmaPort: this.rdmaPort,
+        epoch: sb.epoch,
+        holder: sb.holder,
       } satisfies ReplyInput<'hello'>;
     }
     if (!peer) {
@@ -358,7 +365,12 @@ export class UnitServer extends EventEmitter {
     if (peer.kind === 'client' && !CLIENT_TYPES.has(msg.type)) {
       throw new NpmuError('ERR_NPMU_FORBIDDEN', `${msg.type} needs a control (PMM) ticket`);
     }
+    if (peer.kind === 'control' && FENCED_TYPES.has(msg.type)) this.#checkEpoch(peer, msg.type);
     switch (msg.type) {
+      case 'claim':
+        return this.#claim(msg, conn, peer);
+      case 'revoke':
+        return { mappings: this.revokeAll('revoked by the PMM') };
       case 'ping':
         return {};
       case 'info':
@@ -393,6 +405,54 @@ export class UnitServer extends EventEmitter {
       default:
         throw new NpmuError('ERR_NPMU_PROTO_UNKNOWN_TYPE', `a unit does not serve ${msg.type}`);
     }
+  }
+
+  // ---- fencing: one PMM at a time -----------------------------------------
+
+  #checkEpoch(peer: Peer, type: string): void {
+    const sb = this.device.superblock;
+    if (peer.epoch !== undefined && peer.epoch === sb.epoch) return;
+    const why = peer.epoch === undefined ? 'this connection has not claimed the unit' : `this connection claimed epoch ${peer.epoch}`;
+    throw new NpmuError('ERR_NPMU_FENCED', `${type} refused: ${why}; the unit is held at epoch ${sb.epoch} by PMM ${sb.holder}`, {
+      epoch: sb.epoch,
+      holder: sb.holder,
+    });
+  }
+
+  #claim(msg: RequestBody<'claim'>, conn: ServerConnection, peer: Peer): ReplyInput<'claim'> {
+    const sb = this.device.superblock;
+    if (msg.pmmId === ZERO_ID) throw new NpmuError('ERR_NPMU_BAD_VOLUME', 'pmmId must not be all zero');
+    const previous = { previousEpoch: sb.epoch, previousHolder: sb.holder };
+    if (msg.epoch < sb.epoch || (msg.epoch === sb.epoch && msg.pmmId !== sb.holder)) {
+      throw new NpmuError('ERR_NPMU_FENCED', `claim of epoch ${msg.epoch} refused: the unit is held at epoch ${sb.epoch} by PMM ${sb.holder}`, {
+        epoch: sb.epoch,
+        holder: sb.holder,
+      });
+    }
+    if (msg.epoch > sb.epoch) this.device.updateSuperblock({ epoch: msg.epoch, holder: msg.pmmId }); // persisted before it counts
+    peer.epoch = msg.epoch;
+    // The fenced PMM stops the moment its connections go.
+    for (const c of this.#controls) {
+      const p = c.state.peer as Peer | undefined;
+      if (c !== conn && p?.kind === 'control' && p.epoch !== undefined && p.epoch < msg.epoch) {
+        this.#log(`control connection of epoch ${p.epoch} dropped: fenced by epoch ${msg.epoch} (PMM ${msg.pmmId})`);
+        c.destroy();
+      }
+    }
+    if (msg.epoch > previous.previousEpoch) this.#log(`claimed by PMM ${msg.pmmId} at epoch ${msg.epoch} (was ${previous.previousEpoch}, PMM ${previous.previousHolder})`);
+    return { epoch: msg.epoch, ...previous };
+  }
+
+  /** Drops every mapping of every session at once (rkeys dead); returns how many. */
+  revokeAll(why: string): number {
+    let n = 0;
+    for (const s of this.#sessions.values()) {
+      for (const m of s.mappings.values()) this.#release(m);
+      n += s.mappings.size;
+      s.mappings.clear();
+    }
+    if (n > 0) this.#log(`${n} mapping(s) revoked: ${why}`);
+    return n;
   }
 
   #formatVolume(msg: RequestBody<'format-volume'>): ReplyInput<'format-volume'> {

@@ -18,8 +18,8 @@ import { UnitDevice } from '../../unit/device';
 import { UnitServer } from '../../unit/server';
 import { PmmServer } from '../../pmm/server';
 import { ClientRegistry, clientLine, parseClients } from '../../pmm/credentials';
-import { chooseNewest, usedExtents } from '../../pmm/metadata';
-import { readSlot } from '../../pmm/volume';
+import { usedExtents } from '../../pmm/metadata';
+import { readRoot } from '../../pmm/volume';
 import { NpmuClient, ReadFrom } from '../../lib/client';
 import type { RegionHandle } from '../../lib/client';
 import { ControlConnection } from '../../lib/protocol';
@@ -120,15 +120,13 @@ async function check(logFile: string): Promise<void> {
   };
   if (!v) fail('volume pc was not recovered');
   if (v!.state !== 'ok') fail(`volume state ${v!.state}`);
-  console.log(`recovered volume pc at generation ${v!.generation}: ${v!.meta.regions.map((r) => r.name).join(' ') || '(no regions)'}`);
-  // Both halves hold the winning generation (recovery repaired any lag).
+  const meta = v!.image.toMeta();
+  console.log(`recovered volume pc at generation ${v!.generation}: ${meta.regions.map((r) => r.name).join(' ') || '(no regions)'}`);
+  // Both halves hold the winning generation, in sync (recovery rolled a lagging one forward).
   for (const h of ['primary', 'mirror'] as const) {
-    const link = v!.halves[h].link!;
-    const mine = chooseNewest([
-      { unit: h, slot: 0, bytes: await readSlot(link, 0) },
-      { unit: h, slot: 1, bytes: await readSlot(link, 1) },
-    ]);
-    if (mine.generation !== v!.generation) fail(`the ${h} holds generation ${mine.generation}, the volume ${v!.generation}`);
+    const mine = await readRoot(v!.halves[h].link!);
+    if (mine?.generation !== v!.generation) fail(`the ${h} holds generation ${mine?.generation}, the volume ${v!.generation}`);
+    if (mine!.sync.peerStale) fail(`the ${h} records its peer stale`);
   }
   const c = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'pc', secret: SECRET, volume: 'pc' });
   const names = new Set((await c.listRegions()).names);
@@ -137,7 +135,7 @@ async function check(logFile: string): Promise<void> {
   for (const n of deleted) if (names.has(n)) fail(`region ${n} was deleted (acknowledged) but is there`);
   // Allocation = the region table: nothing owned twice (validateMeta on load), nothing leaked.
   for (const h of ['primary', 'mirror'] as const) {
-    const pages = usedExtents(v!.meta, h).reduce((a, e) => a + e.pages, 0);
+    const pages = usedExtents(meta, h).reduce((a, e) => a + e.pages, 0);
     if (pages !== v!.halves[h].alloc.usedPages) fail(`${h}: ${v!.halves[h].alloc.usedPages} pages in use, the regions own ${pages}`);
   }
   let checked = 0;

@@ -112,7 +112,7 @@ t.test('planLayout: bad inputs', async (t) => {
 t.test('huge capacity beyond 2^32 round-trips through the u64 fields', async (t) => {
   const capacity = 3 * 2 ** 40 + 12_345; // 3 TiB and change
   const l = planLayout({ capacity, pageSize: 2 * MiB });
-  t.equal(l.dataPages, Math.floor((capacity - 2 * MiB) / (2 * MiB)));
+  t.equal(l.dataPages, Math.floor((capacity - 8 * MiB) / (2 * MiB)), 'a large device gets the 8 MiB metadata area');
   t.ok(l.dataPages > 2 ** 20);
   const sb = createSuperblock(l, { durability: 'pmem', unitId: UNIT, createdAtMs: 1 });
   const img = encodeSuperblock(sb);
@@ -178,7 +178,9 @@ t.test('encodeSuperblock refuses inconsistent superblocks', async (t) => {
     ['overlap', { metaLength: 2 * MiB }],
     ['beyond capacity', { dataPages: 1e9 }],
     ['unaligned data', { pageSize: 2 * MiB }],
-    ['version', { layoutVersion: 2 }],
+    ['version', { layoutVersion: 3 }],
+    ['epoch without holder', { epoch: 3 }],
+    ['holder without epoch', { holder: VOL }],
   ];
   for (const [name, over] of bad) {
     t.throws(() => encodeSuperblock(sample(over)), { code: 'ERR_INVALID_ARG_VALUE' }, name);
@@ -206,7 +208,9 @@ t.test('a flipped byte anywhere in the struct is detected', async (t) => {
     ['durability', 113, 114],
     ['reserved', 114, 120],
     ['label', 120, 152],
-    ['reserved', 152, 252],
+    ['epoch', 152, 160],
+    ['holder', 160, 176],
+    ['reserved', 176, 252],
     ['crc32c', 252, 256],
   ];
   for (const [name, from, to] of regions) {
@@ -275,9 +279,9 @@ t.test('impossible values under a valid CRC are corrupt', async (t) => {
 
 t.test('newer layout versions are refused, damaged ones are corrupt', async (t) => {
   const b = encodeSuperblock(sample());
-  b.writeUInt32LE(2, 8);
+  b.writeUInt32LE(3, 8);
   reseal(b);
-  t.throws(() => decodeSuperblock(b), { code: 'ERR_NPMU_LAYOUT_TOO_NEW', layoutVersion: 2, supported: 1 });
+  t.throws(() => decodeSuperblock(b), { code: 'ERR_NPMU_LAYOUT_TOO_NEW', layoutVersion: 3, supported: 2 });
   // A future version with a bigger struct keeps the CRC in its last 4 bytes.
   const big = encodeSuperblock(sample());
   big.writeUInt32LE(7, 8);
@@ -377,7 +381,7 @@ t.test('readSuperblock: a newer copy anywhere is refused', async (t) => {
   const dev = formatted();
   const w = nextSuperblockWrite(readSuperblock(dev), { label: 'v2' });
   const newer = Buffer.from(w.bytes);
-  newer.writeUInt32LE(2, 8);
+  newer.writeUInt32LE(3, 8);
   reseal(newer);
   newer.copy(dev, w.offset);
   t.throws(() => readSuperblock(dev), { code: 'ERR_NPMU_LAYOUT_TOO_NEW' });
@@ -412,4 +416,25 @@ t.test('layout constants match the documented format', async (t) => {
   t.equal(META_OFFSET, 2 * SUPERBLOCK_SLOT_SIZE);
   t.same(SUPERBLOCK_OFFSET, { A: 0, B: 4096 });
   t.equal(SUPERBLOCK_SIZE, 256);
+});
+
+t.test('layout version 1 superblocks are read (epoch 0, no holder) and rewritten as version 2', async (t) => {
+  const v2 = encodeSuperblock(sample({ volumeId: VOL, role: 'primary' }));
+  const v1 = Buffer.from(v2);
+  v1.writeUInt32LE(1, 8);
+  reseal(v1);
+  const sb = decodeSuperblock(v1);
+  t.equal(sb.layoutVersion, 1);
+  t.equal(sb.epoch, 0);
+  t.equal(sb.holder, '0'.repeat(32));
+  const dev = Buffer.alloc(16384);
+  v1.copy(dev, SUPERBLOCK_OFFSET.A);
+  const w = nextSuperblockWrite(readSuperblock(dev), { epoch: 7, holder: VOL });
+  t.equal(w.sb.layoutVersion, 2);
+  t.equal(w.bytes.readUInt32LE(8), 2);
+  w.bytes.copy(dev, w.offset);
+  const r = readSuperblock(dev);
+  t.equal(r.sb.epoch, 7);
+  t.equal(r.sb.holder, VOL);
+  t.throws(() => nextSuperblockWrite(r, { epoch: 6, holder: VOL }), { code: 'ERR_INVALID_ARG_VALUE' }, 'the epoch never goes down');
 });

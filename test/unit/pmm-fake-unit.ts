@@ -32,6 +32,9 @@ export class FakeUnit {
   label = '';
   generation = 1;
   usedPages = 0;
+  /** Fencing, as a real unit's superblock keeps it. */
+  epoch = 0;
+  holder = '0'.repeat(32);
   rdmaPort: number | undefined;
   /** sessionId → mapId → mapping */
   maps = new Map<string, Map<string, { extents: Array<{ page: number; pages: number }>; iova: string; rkey: number }>>();
@@ -98,15 +101,36 @@ export class FakeUnit {
         dataPages: this.dataPages,
         metaLength: this.meta.length,
         durability: this.durability,
-        layoutVersion: 1,
+        layoutVersion: 2,
         generation: this.generation,
         ...(this.rdmaPort ? { rdmaPort: this.rdmaPort } : {}),
+        epoch: this.epoch,
+        holder: this.holder,
       };
     }
     if (msg.type === 'ping') return {};
     if (!conn.state.kind) throw new NpmuError('ERR_NPMU_NOT_ADMITTED', 'hello first');
     if (conn.state.kind === 'client' && msg.type !== 'persist-range') throw new NpmuError('ERR_NPMU_NOT_ADMITTED', 'client connections may only persist');
+    if (['format-volume', 'meta-write', 'set-usage', 'map', 'unmap', 'persist', 'revoke'].includes(msg.type) && conn.state.epoch !== this.epoch) {
+      throw new NpmuError('ERR_NPMU_FENCED', `${msg.type}: not the holder of epoch ${this.epoch}`, { epoch: this.epoch, holder: this.holder });
+    }
     switch (msg.type) {
+      case 'claim': {
+        if (msg.epoch < this.epoch || (msg.epoch === this.epoch && msg.pmmId !== this.holder)) {
+          throw new NpmuError('ERR_NPMU_FENCED', `claim of ${msg.epoch} refused: held at ${this.epoch}`, { epoch: this.epoch, holder: this.holder });
+        }
+        const previous = { previousEpoch: this.epoch, previousHolder: this.holder };
+        this.epoch = msg.epoch;
+        this.holder = msg.pmmId;
+        conn.state.epoch = msg.epoch;
+        for (const c of this.#conns) if (c !== conn && typeof c.state.epoch === 'number' && (c.state.epoch as number) < msg.epoch) c.destroy();
+        return { epoch: msg.epoch, ...previous };
+      }
+      case 'revoke': {
+        const n = this.mappingCount();
+        this.maps.clear();
+        return { mappings: n };
+      }
       case 'format-volume':
         if (this.role !== 'none' && !msg.force) throw new NpmuError('ERR_NPMU_UNIT_BOUND', 'bound');
         this.volumeId = msg.volumeId;

@@ -62,10 +62,14 @@ const EXAMPLES: Record<MessageType, { request: Record<string, unknown>; reply: R
       dataPages: 524287,
       metaLength: 2 * 1024 * 1024 - 8192,
       durability: 'pmem',
-      layoutVersion: 1,
+      layoutVersion: 2,
       generation: 3,
+      epoch: 4,
+      holder: UNIT_B,
     },
   },
+  claim: { request: { epoch: 5, pmmId: UNIT_B }, reply: { epoch: 5, previousEpoch: 4, previousHolder: UNIT_A } },
+  revoke: { request: {}, reply: { mappings: 3 } },
   info: {
     request: {},
     reply: {
@@ -166,9 +170,16 @@ const EXAMPLES: Record<MessageType, { request: Record<string, unknown>; reply: R
       usedPages: 10,
       regions: 3,
       primary: unitStatus(UNIT_A, 7470),
-      mirror: { ...unitStatus(UNIT_B, 7480), available: false },
+      mirror: { ...unitStatus(UNIT_B, 7480), available: false, sync: 'stale' },
+      reason: 'the mirror missed updates',
+      epoch: 7,
+      generation: 12,
+      resync: { half: 'mirror', done: 4096, total: 65536 },
     },
   },
+  'volume-resync': { request: { volume: 'vol0' }, reply: { half: 'mirror', regions: 2, bytes: 8192 } },
+  'volume-force': { request: { volume: 'vol0', half: 'primary' }, reply: { stale: 'mirror' } },
+  'mark-stale': { request: { volume: 'vol0', half: 'mirror', reason: 'RDMA write failed' }, reply: {} },
   'create-volume': {
     request: { volume: 'vol0', primary: { host: '10.0.0.1', controlPort: 7470 }, mirror: { host: '::1', controlPort: 7480 } },
     reply: { volumeId: VOL_ID },
@@ -291,8 +302,8 @@ t.test('every message type has an example, and every example validates', async (
     const p = validateReply(type, { v: 1, id: 5, type: 'ok', ...EXAMPLES[type].reply });
     t.ok(p.ok, `${type} reply: ${p.ok ? '' : p.message}`);
   }
-  t.same(typesServedBy('unit').sort(), ['format-volume', 'hello', 'info', 'map', 'meta-read', 'meta-write', 'persist', 'persist-range', 'ping', 'sessions', 'set-usage', 'unmap']);
-  t.same(typesServedBy('pmm').sort(), ['attach', 'close-region', 'create-region', 'create-volume', 'delete-region', 'list-regions', 'open-region', 'ping', 'read-attributes', 'volume-status']);
+  t.same(typesServedBy('unit').sort(), ['claim', 'format-volume', 'hello', 'info', 'map', 'meta-read', 'meta-write', 'persist', 'persist-range', 'ping', 'revoke', 'sessions', 'set-usage', 'unmap']);
+  t.same(typesServedBy('pmm').sort(), ['attach', 'close-region', 'create-region', 'create-volume', 'delete-region', 'list-regions', 'mark-stale', 'open-region', 'ping', 'read-attributes', 'volume-force', 'volume-resync', 'volume-status']);
   t.ok(Math.ceil(META_IO_MAX / 3) * 4 + 200 < MAX_FRAME, 'a full meta-read reply fits in a frame');
 });
 

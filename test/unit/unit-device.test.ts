@@ -92,7 +92,7 @@ t.test('format over a formatted, corrupt or newer device needs force', async (t)
 
   const newer = Buffer.from(img);
   for (const off of [SUPERBLOCK_OFFSET.A, SUPERBLOCK_OFFSET.B]) {
-    newer.writeUInt32LE(2, off + 8);
+    newer.writeUInt32LE(3, off + 8);
     newer.writeUInt32LE(crc32c(newer.subarray(off, off + SUPERBLOCK_SIZE - 4)), off + SUPERBLOCK_SIZE - 4);
   }
   fs.writeFileSync(p, newer);
