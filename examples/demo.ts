@@ -208,11 +208,23 @@ async function main(): Promise<void> {
   await new Promise((res) => setTimeout(res, 300));
   say(volumeStatusText(await alice.volumeStatus()).replace(/^/gm, '  '));
 
-  step('the primary comes back: the PMM reconnects and brings its metadata up to date');
+  step('the primary comes back stale: it missed what the mirror took alone, so nothing reads it until a full-copy resync');
   const primary2 = await daemon('unit/main.js', unitArgs(devices[0]!, false, units[0])); // same ports: the PMM knows this address
   daemons.push(primary2);
   units[0] = primary2.ready as (typeof units)[number];
-  for (let i = 0; i < 100 && (await alice.volumeStatus()).state !== 'ok'; i++) await new Promise((res) => setTimeout(res, 200));
+  for (let i = 0; i < 100 && !(await alice.volumeStatus()).primary.available && (await alice.volumeStatus()).primary.sync !== 'stale'; i++) {
+    await new Promise((res) => setTimeout(res, 200));
+  }
+  await new Promise((res) => setTimeout(res, 500));
+  say(volumeStatusText(await alice.volumeStatus()).replace(/^/gm, '  '));
+  await alice.closeRegion(h); // a full-copy resync needs every region closed
+  say(`  $ npmu volume resync demo --pmm ${host}:${pmm.ready.port}`);
+  const resync = spawn(process.execPath, [path.join(dist, 'cli', 'npmu.js'), 'volume', 'resync', 'demo', '--pmm', `${host}:${pmm.ready.port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let rs = '';
+  resync.stdout.on('data', (d: Buffer) => (rs += d));
+  resync.stderr.on('data', (d: Buffer) => (rs += d));
+  await new Promise((r) => resync.once('exit', r));
+  for (const line of rs.trim().split(/[\r\n]+/).filter((l) => l.trim() !== '').slice(-3)) say(`  | ${line.trim()}`);
   say(volumeStatusText(await alice.volumeStatus()).replace(/^/gm, '  '));
   await alice.close(); // its RDMA connection to the old primary is gone: attach again
   alice = await NpmuClient.attach({ pmm: { host, port: pmm.ready.port as number }, client: 'alice', secret, volume: 'demo' });

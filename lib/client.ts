@@ -428,6 +428,8 @@ export class NpmuClient extends EventEmitter {
   async openRegion(name: string): Promise<RegionHandle> {
     checkName(name);
     const r = await this.#request('open-region', { volume: this.volume, name });
+    // A half the PMM maps again is current again (resynced since this client recorded it stale).
+    for (const x of HALVES) if (r[x].available && !r[x].stale) this.#staleRecorded.delete(x);
     const h = new RegionHandle(this, r);
     this.#handles.add(h);
     return h;
@@ -638,7 +640,7 @@ export class NpmuClient extends EventEmitter {
   }
 
   #usableFor(h: RegionHandle, half: Half): void {
-    if (h[half].stale) {
+    if (h[half].stale || this.#staleRecorded.has(half)) {
       throw new NpmuError('ERR_NPMU_HALF_STALE', `the ${half} of region ${h.name} missed updates and is not served until the volume is resynced (npmu volume resync)`, { half });
     }
     if (!h[half].available) throw unavailable(half, `region ${h.name} was not mapped on it at open`);

@@ -8,6 +8,7 @@
 import * as path from 'node:path';
 import t from 'tap';
 import { NpmuClient, Mirror, ReadFrom } from '../../lib/client';
+import { ControlConnection } from '../../lib/protocol';
 import { rdmaAddress } from './fixture';
 import { MiB, SECRETS, child, fileDir, pmmProcess, startSystem, unitInProcess, until } from './pmm-helpers';
 import type { System } from './pmm-helpers';
@@ -174,25 +175,52 @@ t.test('two clients on one region, each with its own mapping and rkeys ([0071])'
   await bob.closeRegion(hb);
 });
 
-t.test('mirror modes: PRIMARY and MIRROR writes reach only their half; BOTH reaches both', async (t) => {
+t.test('mirror modes: a PRIMARY-only write records the mirror stale first; nothing reads it until a full-copy resync; BOTH reaches both', async (t) => {
   const h = await alice.openRegion('r1');
+  const carol = await sys.attach('carol');
+  const hc = await carol.openRegion('r1'); // another client's handle, opened while both halves were current
   const at = BASE + 100_000n;
   const p = Buffer.from('primary only....');
-  const m = Buffer.from('mirror only.....');
   t.same((await alice.writeRegion(h, p, p.length, at, { mirror: Mirror.PRIMARY })).halves, ['primary']);
-  t.same((await alice.writeRegion(h, m, m.length, at, { mirror: Mirror.MIRROR })).halves, ['mirror']);
+  const st = await alice.volumeStatus();
+  t.equal(st.state, 'degraded', 'the write was acknowledged only once the mirror was recorded stale');
+  t.equal(st.mirror.sync, 'stale');
+  await t.rejects(alice.writeRegion(h, p, p.length, at, { mirror: Mirror.MIRROR }), { code: 'ERR_NPMU_HALF_STALE' });
+  await t.rejects(alice.readRegion(h, Buffer.alloc(16), 16, at, { mirror: ReadFrom.MIRROR }), { code: 'ERR_NPMU_HALF_STALE' });
   const b = Buffer.alloc(16);
-  await alice.readRegion(h, b, 16, at, { mirror: ReadFrom.PRIMARY });
+  t.match(await alice.readRegion(h, b, 16, at), { half: 'primary' });
   t.equal(b.toString(), p.toString());
-  await alice.readRegion(h, b, 16, at, { mirror: ReadFrom.MIRROR });
-  t.equal(b.toString(), m.toString());
+  // The older handle's rkey on the stale half was revoked: a read of it fails, ANY fails over to the current half.
+  await t.rejects(carol.readRegion(hc, Buffer.alloc(16), 16, at, { mirror: ReadFrom.MIRROR }), { code: 'ERR_NPMU_HALF_UNAVAILABLE' }, 'the stale half is not read through an old mapping');
+  const bc = Buffer.alloc(16);
+  t.match(await carol.readRegion(hc, bc, 16, at), { half: 'primary' });
+  t.equal(bc.toString(), p.toString());
+  const h2 = await alice.openRegion('r1');
+  t.equal(h2.mirror.available, false, 'new opens do not map the stale half');
+  t.equal(h2.mirror.stale, true);
+  await alice.closeRegion(h2);
+  // A full-copy resync, by the operator, with every region closed.
+  const ops = await ControlConnection.connect({ host: rdmaAddress(), port: sys.pmm.port });
+  await t.rejects(ops.request('volume-resync', { volume: sys.volume }), { code: 'ERR_NPMU_VOLUME_BUSY' }, 'refused while regions are open');
+  await carol.closeRegion(hc);
+  await carol.close();
+  await alice.closeRegion(h);
+  const r = await ops.request('volume-resync', { volume: sys.volume }, { timeoutMs: 600_000 });
+  t.equal(r.half, 'mirror');
+  t.ok(r.bytes >= 3 * MiB, `${r.regions} regions, ${r.bytes} bytes copied`);
+  t.equal((await alice.volumeStatus()).state, 'ok');
+  ops.close();
+  const h3 = await alice.openRegion('r1');
+  t.equal(h3.mirror.available, true, 'mapped again once current');
+  await alice.readRegion(h3, b, 16, at, { mirror: ReadFrom.MIRROR });
+  t.equal(b.toString(), p.toString(), 'the resync copied the bytes the mirror missed');
   const both = Buffer.from('both halves.....');
-  await alice.writeRegion(h, both, 16, at);
+  await alice.writeRegion(h3, both, 16, at);
   for (const mirror of [ReadFrom.PRIMARY, ReadFrom.MIRROR]) {
-    await alice.readRegion(h, b, 16, at, { mirror });
+    await alice.readRegion(h3, b, 16, at, { mirror });
     t.equal(b.toString(), both.toString(), mirror);
   }
-  await alice.closeRegion(h);
+  await alice.closeRegion(h3);
 });
 
 t.test('durability is reported honestly: not asked, per region, and volatile units', async (t) => {

@@ -23,10 +23,18 @@ export function ticket(key: Buffer, unit: { unitId: string }, kind: TicketKind, 
   return issueTicket({ key, kind, unitId: unit.unitId, sessionId, ttlSec });
 }
 
-/** A control connection that said hello with a control ticket: the PMM's privileges. */
-export async function pmm(key: Buffer, unit: UnitAddress): Promise<ControlConnection> {
+/** The PMM id the tests' control connections claim units with. */
+export const TEST_PMM = 'feed'.repeat(8);
+
+/**
+ * A control connection that said hello with a control ticket and claimed the
+ * unit (fencing epoch) as TEST_PMM: the PMM's privileges. Every such
+ * connection of a test shares one epoch; `claim: false` leaves it unclaimed.
+ */
+export async function pmm(key: Buffer, unit: UnitAddress, o: { claim?: boolean } = {}): Promise<ControlConnection> {
   const c = await ControlConnection.connect({ host: unit.host, port: unit.controlPort });
-  await c.request('hello', { ticket: ticket(key, unit, 'control') });
+  const hello = await c.request('hello', { ticket: ticket(key, unit, 'control') });
+  if (o.claim !== false) await c.request('claim', { epoch: hello.holder === TEST_PMM ? hello.epoch : hello.epoch + 1, pmmId: TEST_PMM });
   return c;
 }
 

@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import t, { Test } from 'tap';
 import { ControlConnection, encodeFrame } from '../../lib/protocol';
 import { issueTicket } from '../../lib/ticket';
-import { mapFile, native } from '../../lib/verbs';
+import { Access, mapFile, native, registerMemory } from '../../lib/verbs';
 import type { Endpoint } from '../../lib/verbs';
 import { UnitDevice } from '../../unit/device';
 import { UnitServer } from '../../unit/server';
@@ -27,6 +27,7 @@ import {
   waitFor,
   writeKeyFile,
   mountExt4,
+  TEST_PMM,
 } from './unit-helpers';
 
 const MiB = 1024 * 1024;
@@ -426,6 +427,45 @@ t.test('bad control messages get error replies or a clean close, and the unit ke
   const fresh = await pmm(key, u);
   t.equal((await fresh.request('info', {})).unitId, unit.unitId, 'and new connections are served');
   fresh.close();
+});
+
+t.test('fencing: a claim of a higher epoch drops the older PMM at once; lower epochs are refused; revoke kills every rkey', SLOW, async (t) => {
+  const u = addressOf(unit);
+  const other = 'beef'.repeat(8);
+  const before = unit.device.superblock.epoch;
+  const old = await pmm(key, u); // the tests' PMM, at the current epoch
+  const closed = new Promise<void>((r) => old.once('close', () => r()));
+  const fresh = await ControlConnection.connect({ host: u.host, port: u.controlPort });
+  const hello = await fresh.request('hello', { ticket: ticket(key, u, 'control') });
+  t.equal(hello.holder, TEST_PMM);
+  await t.rejects(fresh.request('meta-write', { offset: 0, data: Buffer.from('x'), persist: false }), { code: 'ERR_NPMU_FENCED' }, 'no state change before a claim');
+  await t.rejects(fresh.request('claim', { epoch: hello.epoch, pmmId: other }), { code: 'ERR_NPMU_FENCED' }, 'the same epoch for another PMM');
+  await t.rejects(fresh.request('claim', { epoch: Math.max(1, hello.epoch - 1), pmmId: TEST_PMM }), { code: 'ERR_NPMU_FENCED' }, 'a lower epoch');
+  const r = await fresh.request('claim', { epoch: hello.epoch + 1, pmmId: other });
+  t.match(r, { epoch: hello.epoch + 1, previousEpoch: hello.epoch, previousHolder: TEST_PMM });
+  await closed; // the fenced PMM's connection is dropped by the unit itself
+  t.equal(unit.device.superblock.epoch, hello.epoch + 1, 'persisted in the superblock');
+  t.equal(unit.device.superblock.holder, other);
+  const again = await ControlConnection.connect({ host: u.host, port: u.controlPort });
+  const h2 = await again.request('hello', { ticket: ticket(key, u, 'control') });
+  t.match(h2, { epoch: hello.epoch + 1, holder: other });
+  await t.rejects(again.request('claim', { epoch: h2.epoch, pmmId: TEST_PMM }), { code: 'ERR_NPMU_FENCED' });
+  await t.rejects(again.request('map', { sessionId: 1n, mapId: 1n, extents: [{ page: 0, pages: 1 }], iova: IOVA, access: 'rw' }), { code: 'ERR_NPMU_FENCED' });
+  again.close();
+  // revoke: a client's live mapping dies at once
+  const m = await mapped(unit, fresh, [{ page: 3, pages: 1 }]);
+  const buf = Buffer.alloc(64, 7);
+  const mr = registerMemory(m.ep.pd, buf, { access: Access.LOCAL_WRITE });
+  await m.ep.write(mr, 0, 64, IOVA, m.rkey);
+  t.equal((await fresh.request('revoke', {})).mappings, 1);
+  await t.rejects(m.ep.write(mr, 0, 64, IOVA, m.rkey), { code: 'IBV_WC_REM_ACCESS_ERR' }, "a revoked mapping's rkey is dead");
+  mr.close();
+  await m.ep.close();
+  fresh.close();
+  t.ok(unit.device.superblock.epoch > before);
+  // the tests' PMM takes the unit back for the tests that follow
+  ctl.close();
+  ctl = await pmm(key, u);
 });
 
 t.test('kill -9 and restart of the unit daemon (tmpfs file): data and metadata intact, no mapping alive', SLOW, async (t) => {
