@@ -4,8 +4,9 @@
 #   2. every RDMA test on a real rxe device: natively when this host has an
 #      ACTIVE RDMA device, else inside the micro-VM (scripts/rxe-vm.sh), all test
 #      files sharing ONE boot and ONE node process (JS is ~25x slower under TCG);
-#   3. the power-cut test, which needs the VM's emulated NVDIMMs: write, kill -9
-#      qemu, boot again, check.
+#   3. the power-cut tests, which need the VM's emulated NVDIMMs (or its
+#      virtio disk, for a file-backed unit on ext4): write, kill -9 qemu, boot
+#      again, check.
 # No RDMA test is ever skipped: if neither a device nor the VM can run them,
 # this fails. The last line is "N passed, N failed".
 set -euo pipefail
@@ -72,6 +73,11 @@ echo "== PMM power-cut test (two NVDIMMs, kill -9 during a create/write/delete b
 node dist/test/powercut/pmm-run.js >"$log/pmm-powercut.tap" 2>&1 || status=1
 show "$log/pmm-powercut.tap"
 count "$log/pmm-powercut.tap"
+
+echo "== disk power-cut test (file-backed unit on ext4 on a virtio disk: RDMA writes into cleaned pages persisted, kill -9, boot again)"
+node dist/test/powercut/disk-run.js >"$log/disk-powercut.tap" 2>&1 || status=1
+show "$log/disk-powercut.tap"
+count "$log/disk-powercut.tap"
 
 [ "$failed" -eq 0 ] || status=1
 echo "tests: $passed passed, $failed failed"

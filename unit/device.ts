@@ -13,12 +13,24 @@
  *   holds a superblock (valid, corrupt or newer) without `force`.
  * - `ERR_NPMU_DEVICE_MISMATCH`: the superblock does not fit this device
  *   (device smaller than the formatted capacity, or a page size this device
- *   cannot map, e.g. 4 KiB pages on devdax).
+ *   cannot map, e.g. 4 KiB pages on a devdax device with 2 MiB alignment).
  * - `ERR_NPMU_DEVICE_TOO_SMALL` (layout.ts) at format time.
  * - `ERR_NPMU_BAD_EXTENT`: an extent outside the data pages.
  * - `ERR_NPMU_BAD_RANGE`: a metadata or persist range outside its area.
  * - `ERR_NPMU_CLOSED`: the device was closed.
- * Mapping failures keep the native layer's codes (ENOENT, EACCES, …).
+ * - `ERR_NPMU_PERSIST_FAILED`: writing a range back to an ordinary file made
+ *   no progress (a write of 0 bytes).
+ * Mapping failures keep the native layer's codes (ENOENT, EACCES, …); the
+ * write-back of an ordinary file keeps Node's (EIO, ENOSPC, … with `syscall`
+ * `write` or `fdatasync`).
+ *
+ * Persistence of an ordinary file (`msync` durability) does not rely on
+ * msync: an RDMA WRITE into a pinned page-cache page does not mark the page
+ * dirty, so once writeback has cleaned the page, msync skips bytes written by
+ * RDMA later. Instead a persist writes the range back through a file
+ * descriptor (pwrite of the mapped bytes at their own file offsets, which
+ * dirties the pages) and then calls fdatasync. tmpfs (msync, volatile anyway)
+ * and devdax (pmem_persist) are persisted through the mapping.
  */
 import * as fs from 'node:fs';
 import { NpmuError, argTypeError, argValueError } from '../lib/errors';
@@ -78,10 +90,13 @@ export class UnitDevice {
   #view: Buffer;
   #sb: Superblock;
   #copy: SuperblockCopy;
+  /** Ordinary files opened for writing: where persists write back to (then fdatasync). */
+  #fd: number | undefined;
 
-  private constructor(path: string, map: Mapping, sb: Superblock, copy: SuperblockCopy, formatted: boolean, readOnly: boolean) {
+  private constructor(path: string, map: Mapping, fd: number | undefined, sb: Superblock, copy: SuperblockCopy, formatted: boolean, readOnly: boolean) {
     this.path = path;
     this.#map = map;
+    this.#fd = fd;
     this.kind = map.kind;
     this.durability = durabilityOf(map.kind);
     this.readOnly = readOnly;
@@ -116,15 +131,24 @@ export class UnitDevice {
     // read-write and let #check refuse every write instead.
     const mapReadOnly = readOnly && !st?.isCharacterDevice();
     const map = mapFile(path, create && regular && !readOnly ? { create: true, size: create.size } : { readOnly: mapReadOnly });
+    let fd: number | undefined;
     try {
-      return UnitDevice.#init(path, map, opts, force, readOnly);
+      if (map.kind === 'file' && !readOnly) {
+        fd = fs.openSync(path, 'r+');
+        const size = fs.fstatSync(fd).size;
+        if (size < map.deviceSize) {
+          throw new NpmuError('ERR_NPMU_DEVICE_MISMATCH', `${path} changed while it was opened (${size} bytes, mapped ${map.deviceSize})`, { path });
+        }
+      }
+      return UnitDevice.#init(path, map, fd, opts, force, readOnly);
     } catch (err) {
+      if (fd !== undefined) fs.closeSync(fd);
       map.close();
       throw err;
     }
   }
 
-  static #init(path: string, map: Mapping, opts: OpenOptions, force: boolean, readOnly: boolean): UnitDevice {
+  static #init(path: string, map: Mapping, fd: number | undefined, opts: OpenOptions, force: boolean, readOnly: boolean): UnitDevice {
     const view = Buffer.from(map.buffer());
     let found: ReturnType<typeof readSuperblock> | undefined;
     let problem: NpmuError | undefined;
@@ -142,8 +166,9 @@ export class UnitDevice {
           unitId: found?.sb.unitId,
         });
       }
-      const sb = UnitDevice.#format(map, view, opts.format);
-      return new UnitDevice(path, map, sb, 'A', true, false);
+      const persist = (offset: number, length: number): void => void UnitDevice.#persistDevice(map, view, fd, [{ offset, length }]);
+      const sb = UnitDevice.#format(map, view, persist, opts.format);
+      return new UnitDevice(path, map, fd, sb, 'A', true, false);
     }
     if (problem) {
       problem.message = `${path}: ${problem.message}`;
@@ -165,26 +190,58 @@ export class UnitDevice {
         { path, pageSize: sb.pageSize, alignment: map.pageSize },
       );
     }
-    return new UnitDevice(path, map, sb, found!.copy, false, readOnly);
+    return new UnitDevice(path, map, fd, sb, found!.copy, false, readOnly);
   }
 
   /** Writes a new format: old superblocks invalidated first, metadata area zeroed, then copy A, then copy B. */
-  static #format(map: Mapping, view: Buffer, f: NonNullable<OpenOptions['format']>): Superblock {
-    // 2 MiB pages on devdax (its alignment), 4 KiB elsewhere (the system page).
+  static #format(map: Mapping, view: Buffer, persist: (offset: number, length: number) => void, f: NonNullable<OpenOptions['format']>): Superblock {
+    // Pages of the device's alignment on devdax (4 KiB or 2 MiB, as its
+    // namespace was created), 4 KiB elsewhere (the system page).
     const layout = planLayout({ capacity: map.deviceSize, pageSize: map.pageSize, metaLength: f.metaLength });
     const sb = createSuperblock(layout, { durability: durabilityOf(map.kind), label: f.label, unitId: f.unitId });
     const bytes = encodeSuperblock(sb);
     // A format cut short leaves "not formatted" or the new unit, never a mix
     // of an old superblock and a new (zeroed) metadata area.
     view.fill(0, 0, META_OFFSET);
-    map.persist(0, META_OFFSET);
+    persist(0, META_OFFSET);
     view.fill(0, layout.metaOffset, layout.metaOffset + layout.metaLength);
-    map.persist(layout.metaOffset, layout.metaLength);
+    persist(layout.metaOffset, layout.metaLength);
     for (const copy of ['A', 'B'] as const) {
       bytes.copy(view, SUPERBLOCK_OFFSET[copy]);
-      map.persist(SUPERBLOCK_OFFSET[copy], SUPERBLOCK_SLOT_SIZE);
+      persist(SUPERBLOCK_OFFSET[copy], SUPERBLOCK_SLOT_SIZE);
     }
     return sb;
+  }
+
+  /**
+   * Makes device byte ranges durable: on an ordinary file, each range is
+   * written back through `fd` from the mapping (pwrite of the mapped bytes at
+   * their own offsets) and then one fdatasync; elsewhere the mapping persists
+   * them (pmem_persist on devdax, msync on tmpfs).
+   */
+  static #persistDevice(map: Mapping, view: Buffer, fd: number | undefined, ranges: readonly Extent[]): 'pmem' | 'msync' {
+    if (fd === undefined) {
+      let method: 'pmem' | 'msync' = map.kind === 'devdax' ? 'pmem' : 'msync';
+      for (const r of ranges) method = map.persist(r.offset, r.length);
+      return method;
+    }
+    let any = false;
+    for (const { offset, length } of ranges) {
+      for (let done = 0; done < length; ) {
+        const n = fs.writeSync(fd, view, offset + done, length - done, offset + done);
+        if (n <= 0) {
+          throw new NpmuError('ERR_NPMU_PERSIST_FAILED', `writing [${offset}, ${offset + length}) back to the file made no progress`, { offset, length });
+        }
+        done += n;
+        any = true;
+      }
+    }
+    if (any) fs.fdatasyncSync(fd);
+    return 'msync';
+  }
+
+  #persist(ranges: readonly Extent[]): 'pmem' | 'msync' {
+    return UnitDevice.#persistDevice(this.#map, this.#view, this.#fd, ranges);
   }
 
   /** The current superblock (a copy). */
@@ -242,7 +299,7 @@ export class UnitDevice {
     this.#metaRange(offset, data.length);
     const start = this.#sb.metaOffset + offset;
     this.#view.set(data, start);
-    if (persist && data.length > 0) this.#map.persist(start, data.length);
+    if (persist && data.length > 0) this.#persist([{ offset: start, length: data.length }]);
   }
 
   /**
@@ -254,7 +311,7 @@ export class UnitDevice {
     this.#check(true);
     const w = nextSuperblockWrite({ sb: this.#sb, copy: this.#copy }, changes);
     w.bytes.copy(this.#view, w.offset);
-    this.#map.persist(w.offset, SUPERBLOCK_SLOT_SIZE);
+    this.#persist([{ offset: w.offset, length: SUPERBLOCK_SLOT_SIZE }]);
     this.#sb = w.sb;
     this.#copy = w.copy;
     return this.superblock;
@@ -286,8 +343,10 @@ export class UnitDevice {
 
   /**
    * Persists `length` bytes from `offset` bytes into data page `page` (may span pages).
-   * @returns how: 'pmem' (cache flush) or 'msync'. On tmpfs 'msync' is all there is:
-   *   the device is volatile across power loss, which `durability` says.
+   * @returns how: 'pmem' (cache flush) or 'msync' (an ordinary file: written
+   *   back through the file descriptor, then fdatasync). On tmpfs 'msync' is
+   *   all there is: the device is volatile across power loss, which
+   *   `durability` says.
    */
   persistData(page: number, offset: number, length: number): 'pmem' | 'msync' {
     this.#check(false);
@@ -297,11 +356,44 @@ export class UnitDevice {
     if (!isUint(start) || !isUint(length) || length === 0 || start + length > area) {
       throw badRange(`data pages (page ${page}, offset ${offset})`, Number.isFinite(start) ? start : 0, Number(length), area);
     }
-    return this.#map.persist(dataOffset + start, length);
+    return this.#persist([{ offset: dataOffset + start, length }]);
   }
 
-  /** Unmaps the device. Idempotent. */
+  /**
+   * Persists bytes [offset, offset+length) of a mapping made of the device
+   * byte ranges `ranges` (what `extentRanges` returned for it), by the device
+   * ranges they cover — for ordinary files, whose RDMA-written bytes msync
+   * would not see (see the file comment).
+   * @throws NpmuError `ERR_NPMU_BAD_RANGE` when the range is not within the mapping.
+   */
+  persistMapped(ranges: readonly Extent[], offset: number, length: number): 'pmem' | 'msync' {
+    this.#check(false);
+    const total = ranges.reduce((n, r) => n + r.length, 0);
+    if (!isUint(offset) || !isUint(length) || offset + length > total) throw badRange('mapping', Number(offset), Number(length), total);
+    const pieces: Extent[] = [];
+    let at = offset;
+    let left = length;
+    let base = 0;
+    for (const r of ranges) {
+      if (left === 0) break;
+      if (at < base + r.length) {
+        const n = Math.min(left, base + r.length - at);
+        pieces.push({ offset: r.offset + (at - base), length: n });
+        at += n;
+        left -= n;
+      }
+      base += r.length;
+    }
+    return this.#persist(pieces);
+  }
+
+  /** Unmaps the device (and closes its file descriptor). Idempotent. */
   close(): void {
     this.#map.close();
+    if (this.#fd !== undefined) {
+      const fd = this.#fd;
+      this.#fd = undefined;
+      fs.closeSync(fd);
+    }
   }
 }

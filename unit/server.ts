@@ -39,7 +39,7 @@ import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { NpmuError, argTypeError, argValueError } from '../lib/errors';
 import { Access, firstActiveDevice, listen, mapExtents, newProtectionDomain, openContext, registerMemory } from '../lib/verbs';
-import type { ConnectionRequest, Context, Endpoint, Listener, Mapping, MemoryRegion, ProtectionDomainHandle } from '../lib/verbs';
+import type { ConnectionRequest, Context, Endpoint, Extent, Listener, Mapping, MemoryRegion, ProtectionDomainHandle } from '../lib/verbs';
 import { MAX_LIST, decodeBytes, parseU64, serve, typesServedBy } from '../lib/protocol';
 import type { MessageType, ReplyInput, Request, RequestBody, ServerConnection } from '../lib/protocol';
 import { KEY_SIZE, TICKET_SIZE, verifyTicket } from '../lib/ticket';
@@ -71,6 +71,8 @@ export interface UnitServerOptions {
 interface UnitMapping {
   mapId: string;
   mapping: Mapping;
+  /** The device byte ranges the mapping is made of, in order. */
+  ranges: Extent[];
   mr: MemoryRegion;
   access: 'ro' | 'rw';
 }
@@ -492,7 +494,7 @@ export class UnitServer extends EventEmitter {
       mapping.close();
       throw err;
     }
-    s.mappings.set(req.mapId, { mapId: req.mapId, mapping, mr, access: req.access });
+    s.mappings.set(req.mapId, { mapId: req.mapId, mapping, ranges, mr, access: req.access });
     return { rkey: mr.rkey, iova: req.iova, length };
   }
 
@@ -514,6 +516,9 @@ export class UnitServer extends EventEmitter {
     if (offset + length > m.mapping.length) {
       throw new NpmuError('ERR_NPMU_BAD_RANGE', `[${offset}, ${offset + length}) is outside mapping ${mapId} of ${m.mapping.length} bytes`);
     }
+    // An ordinary file is written back through the device's file descriptor
+    // (msync would miss RDMA-written bytes in pages writeback already cleaned).
+    if (this.device.kind === 'file') return this.device.persistMapped(m.ranges, offset, length);
     return m.mapping.persist(offset, length);
   }
 

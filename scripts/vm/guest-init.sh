@@ -6,8 +6,8 @@
 # the writable project share) and powers off.
 #
 # usage (by stage 1 only): guest-init.sh RUN_DIR
-# RUN_DIR holds: cmd.sh (env + cwd + command, bash), ndimms (count), and
-# receives rc (the command's exit status).
+# RUN_DIR holds: cmd.sh (env + cwd + command, bash), ndimms and ndisks
+# (counts), and receives rc (the command's exit status).
 run=$1
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 rxe_addr=10.77.0.1
@@ -50,6 +50,10 @@ ip link set veth1 up
 ip link set veth0 up
 rdma link add rxe0 type rxe netdev veth0 || fail "rdma link add rxe0 failed"
 
+# devdax alignment wanted for every NVDIMM: 4 KiB, so a unit's pages (and a
+# region's granularity) are 4 KiB, not 2 MiB.
+dax_align=4096
+
 # NVDIMMs: rxe-vm.sh gives each one slot i (0-based, in command-line order);
 # the NFIT device handle is slot+1. Map handle -> nmem -> region -> namespace.
 ndimms=$(cat "$run/ndimms" 2>/dev/null || echo 0)
@@ -79,16 +83,46 @@ if [ "$ndimms" -gt 0 ]; then
       for d in "$nd/$region"/dax*/dax*.*; do
         [ -e "$d" ] && dev=/dev/${d##*/}
       done
-      [ -n "$dev" ] && [ -c "$dev" ] && break
-      if ls -d "$nd/$ns"/block/pmem* >/dev/null 2>&1; then
+      if [ -n "$dev" ] && [ -c "$dev" ]; then
+        # A backing file from an older run may hold a namespace with another
+        # alignment (2 MiB was the default): the file is scratch, recreate it.
+        align=$(cat "/sys/bus/dax/devices/${dev##*/}/align" 2>/dev/null || echo 0)
+        [ "$align" = "$dax_align" ] && break
+        say "NVDIMM $slot: $dev has alignment $align, recreating $ns as devdax with $dax_align"
+        ndctl create-namespace -f -e "$ns" -m devdax -a "$dax_align" >/dev/null 2>"$err" \
+          || fail "ndctl create-namespace -f -e $ns -m devdax -a $dax_align failed"
+        dev=
+      elif ls -d "$nd/$ns"/block/pmem* >/dev/null 2>&1; then
         say "NVDIMM $slot: first boot of its backing file, converting $ns to devdax"
-        ndctl create-namespace -f -e "$ns" -m devdax >/dev/null 2>"$err" \
-          || fail "ndctl create-namespace -f -e $ns -m devdax failed"
+        ndctl create-namespace -f -e "$ns" -m devdax -a "$dax_align" >/dev/null 2>"$err" \
+          || fail "ndctl create-namespace -f -e $ns -m devdax -a $dax_align failed"
       fi
       i=$((i + 1)); [ $i -lt $tries ] || fail "no devdax device for NVDIMM $slot ($region, not raw nor devdax?)"
       sleep 0.05
     done
     dax_devices="$dax_devices${dax_devices:+ }$dev"
+    slot=$((slot + 1))
+  done
+fi
+
+# Disks: rxe-vm.sh names disk i (0-based, command-line order) by the serial
+# npmu-disk-i; list their block devices in that order.
+ndisks=$(cat "$run/ndisks" 2>/dev/null || echo 0)
+disks=
+if [ "$ndisks" -gt 0 ]; then
+  modprobe virtio_blk || fail "modprobe virtio_blk"
+  slot=0
+  while [ "$slot" -lt "$ndisks" ]; do
+    dev=; i=0
+    while [ -z "$dev" ]; do
+      for b in /sys/block/vd*; do
+        [ "$(cat "$b/serial" 2>/dev/null)" = "npmu-disk-$slot" ] && [ -b "/dev/${b##*/}" ] && dev=/dev/${b##*/}
+      done
+      [ -n "$dev" ] && break
+      i=$((i + 1)); [ $i -lt $tries ] || fail "no block device for disk $slot (serial npmu-disk-$slot)"
+      sleep 0.05
+    done
+    disks="$disks${disks:+ }$dev"
     slot=$((slot + 1))
   done
 fi
@@ -103,6 +137,6 @@ until grep -q ACTIVE "$state" 2>/dev/null && ! grep -q '^0000:0000:0000:0000:000
   sleep 0.05
 done
 
-export NPMU_RXE_DEV=rxe0 NPMU_RXE_ADDR=$rxe_addr NPMU_IN_VM=1 NPMU_DAX_DEVICES="$dax_devices"
+export NPMU_RXE_DEV=rxe0 NPMU_RXE_ADDR=$rxe_addr NPMU_IN_VM=1 NPMU_DAX_DEVICES="$dax_devices" NPMU_DISKS="$disks"
 bash "$run/cmd.sh" </dev/null >"$out" 2>"$err"
 finish $?

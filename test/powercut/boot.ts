@@ -17,6 +17,8 @@ export interface BootOptions {
   args: string[];
   /** NVDIMM backing files, 256 MiB each, in order (/dev/dax0.0, /dev/dax1.0, …) */
   nvdimms: string[];
+  /** virtio-blk disks as FILE:SIZE, in order (NPMU_DISKS: /dev/vda, …) */
+  disks?: string[];
   timeoutSec: number;
   onLine?: (line: string, cut: () => void) => void;
 }
@@ -24,7 +26,7 @@ export interface BootOptions {
 export function boot(o: BootOptions): Promise<{ code: number | null; out: string }> {
   fs.mkdirSync(cacheDir, { recursive: true });
   const pidfile = path.join(cacheDir, `${path.basename(o.guest, '.js')}.pid`);
-  const nv = o.nvdimms.flatMap((f) => ['--nvdimm', `${f}:256M`]);
+  const nv = [...o.nvdimms.flatMap((f) => ['--nvdimm', `${f}:256M`]), ...(o.disks ?? []).flatMap((d) => ['--disk', d])];
   const vm = path.join(root, 'scripts', 'rxe-vm.sh');
   const guest = path.join(root, 'dist', 'test', 'powercut', o.guest);
   return new Promise((resolve, reject) => {

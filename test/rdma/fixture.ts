@@ -29,6 +29,11 @@ export function daxDevices(): string[] {
   return (process.env.NPMU_DAX_DEVICES ?? '').split(/\s+/).filter(Boolean);
 }
 
+/** A devdax device's mapping alignment, from sysfs (4 KiB in the micro-VM's namespaces). */
+export function daxAlignment(dev: string): number {
+  return Number(fs.readFileSync(`/sys/bus/dax/devices/${path.basename(dev)}/align`, 'utf8').trim());
+}
+
 export function describeEnvironment(): string {
   const where = process.env.NPMU_IN_VM ? 'the rxe micro-VM' : 'this host';
   let dev = '(none)';

@@ -2,7 +2,7 @@
  * (translated) mappings: bytes checked at the far side. */
 import * as fs from 'node:fs';
 import t from 'tap';
-import { connectedPair, regAll, tmpfsFile, daxDevices, ALL } from './fixture';
+import { connectedPair, daxAlignment, regAll, tmpfsFile, daxDevices, ALL } from './fixture';
 import { mapFile, mapExtents, registerMemory } from '../../lib/verbs';
 
 t.test('MR over a tmpfs file mapping at iova: RDMA WRITE lands in the file', async (t) => {
@@ -72,24 +72,31 @@ t.test('MR over devdax at iova: RDMA WRITE lands in the device', async (t) => {
   }
   const p = await connectedPair();
   t.teardown(() => p.close());
+  const a = daxAlignment(dax);
+  t.equal(a, 4096, 'the test bed creates devdax namespaces with 4 KiB alignment');
   const m = mapFile(dax, { length: 4 << 20 });
   t.equal(m.kind, 'devdax');
-  t.equal(m.pageSize, 2 << 20, 'devdax alignment is 2 MiB');
-  t.throws(() => mapFile(dax, { length: 1 << 20 }), { code: 'ERR_NPMU_NOT_ALIGNED' }, '1 MiB devdax mapping refused');
+  t.equal(m.pageSize, a, 'the mapping page size is the device alignment');
+  t.throws(() => mapFile(dax, { length: a + a / 2 }), { code: 'ERR_NPMU_NOT_ALIGNED' }, 'a length that is not a multiple of the alignment is refused');
+  t.throws(() => mapFile(dax, { offset: a / 2 }), { code: 'ERR_NPMU_NOT_ALIGNED' }, 'an unaligned offset is refused');
   const iova = 0x7f0000000000n;
   const rmr = registerMemory(p.serverPd, m, { access: ALL, iova });
   const src = Buffer.from(`devdax ${Date.now()}`);
   const lmr = regAll(p.client.pd, src);
-  const at = (2 << 20) - 5; // across the 2 MiB page boundary
+  const at = (2 << 20) - 5; // across the 2 MiB boundary
   await p.client.write(lmr, 0, src.length, iova + BigInt(at), rmr.rkey);
   const view = Buffer.from(m.buffer());
   t.same(view.subarray(at, at + src.length), src, 'device holds the bytes');
   t.equal(m.persist(at, src.length), 'pmem');
-  // Stitched devdax: 2 MiB extents 1 then 0.
-  const s = mapExtents(dax, [{ offset: 2 << 20, length: 2 << 20 }, { offset: 0, length: 2 << 20 }]);
+  // Stitched devdax, extents of one device page each (4 KiB): pages 5, 1, 3.
+  const s = mapExtents(dax, [5, 1, 3].map((pg) => ({ offset: pg * a, length: a })));
+  t.equal(s.length, 3 * a);
   const smr = registerMemory(p.serverPd, s, { access: ALL, iova: 0x20000000n });
-  await p.client.write(lmr, 0, src.length, 0x20000000n + BigInt((2 << 20) + 100), smr.rkey);
-  t.same(view.subarray(100, 100 + src.length), src, 'second extent maps device page 0');
+  await p.client.write(lmr, 0, src.length, 0x20000000n + BigInt(a - 5), smr.rkey); // seam 5|1
+  await p.client.write(lmr, 0, src.length, 0x20000000n + BigInt(2 * a - 5), smr.rkey); // seam 1|3
+  t.same(Buffer.concat([view.subarray(6 * a - 5, 6 * a), view.subarray(a, a + src.length - 5)]), src, 'across the first seam: device pages 5 then 1');
+  t.same(Buffer.concat([view.subarray(2 * a - 5, 2 * a), view.subarray(3 * a, 3 * a + src.length - 5)]), src, 'across the second seam: device pages 1 then 3');
+  t.equal(s.persist(a - 5, src.length), 'pmem');
   smr.close();
   s.close();
   rmr.close();

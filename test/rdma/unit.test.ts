@@ -14,7 +14,7 @@ import { Access, mapFile, native, registerMemory } from '../../lib/verbs';
 import type { Endpoint } from '../../lib/verbs';
 import { UnitDevice } from '../../unit/device';
 import { UnitServer } from '../../unit/server';
-import { daxDevices, deviceName, rdmaAddress, regAll } from './fixture';
+import { daxAlignment, daxDevices, deviceName, rdmaAddress, regAll } from './fixture';
 import {
   UnitAddress,
   client,
@@ -564,15 +564,17 @@ t.test('an ordinary-file unit: msync durability, persist-range, bytes in the fil
 });
 
 const dax = daxDevices().at(-1);
-t.test('devdax unit: 2 MiB pages, pmem durability, translation and persist', { ...SLOW, skip: dax ? false : 'no devdax device (run with --nvdimm)' }, async (t) => {
+t.test('devdax unit: pages of the device alignment (4 KiB), pmem durability, translation and persist', { ...SLOW, skip: dax ? false : 'no devdax device (run with --nvdimm)' }, async (t) => {
   const u = await startUnit(dax!, { format: { label: 'dax-unit' }, force: true });
   t.teardown(() => u.close());
   const c = await pmm(key, addressOf(u));
   const info = await c.request('info', {});
-  t.match(info, { pageSize: 2 * MiB, durability: 'pmem' });
+  const align = daxAlignment(dax!);
+  t.match(info, { pageSize: align, durability: 'pmem' });
+  t.equal(align, 4096, "the test bed's devdax namespaces have 4 KiB alignment: regions of 4 KiB granularity");
   t.ok(info.dataPages >= 8, `${info.dataPages} data pages`);
   await checkTranslation(t, u, c);
-  t.equal((await c.request('persist', { page: 5, offset: 2 * MiB - 50, length: 100 })).method, 'pmem');
+  t.equal((await c.request('persist', { page: 5, offset: align - 50, length: 100 })).method, 'pmem');
   c.close();
 
   // The CLI reads the superblock of a device in use and asks the live unit.
@@ -594,7 +596,7 @@ t.test('devdax unit: 2 MiB pages, pmem durability, translation and persist', { .
     durability: 'pmem',
     unitId: u.unitId,
     label: 'dax-unit',
-    pageSize: 2 * MiB,
+    pageSize: align,
     live: { unitId: u.unitId, durability: 'pmem', mappings: 0, connections: [] },
   });
 });

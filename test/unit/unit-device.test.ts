@@ -1,13 +1,15 @@
 /** The unit's device handling, natively on the host (no RDMA device needed):
  * format and recognise tmpfs and ordinary files, refuse unformatted, newer and
- * corrupt devices, bounded metadata I/O, superblock updates, extents, and the
- * CLI's `format` / `info` commands. */
+ * corrupt devices, bounded metadata I/O, superblock updates, extents, the
+ * write-back persist of ordinary files, and the CLI's `format` / `info`
+ * commands. */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import t from 'tap';
 import { crc32c } from '../../lib/crc32c';
+import { mapFile } from '../../lib/verbs';
 import { UnitDevice } from '../../unit/device';
 import { parseSize } from '../../unit/main';
 import { SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, readSuperblock } from '../../unit/layout';
@@ -182,6 +184,91 @@ t.test('extentRanges: data pages to device byte ranges, bounds checked', async (
   t.throws(() => d.persistData(dataPages - 1, 1, pageSize), { code: 'ERR_NPMU_BAD_RANGE' });
   t.throws(() => d.persistData(0, 0, 0), { code: 'ERR_NPMU_BAD_RANGE' });
   d.close();
+});
+
+// The real node:fs module (the `import * as fs` namespaces read through to it),
+// to watch how the device persists.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const nodeFs = require('node:fs') as typeof import('node:fs');
+
+/** Records pwrite (writeSync with a position) and fdatasync calls while `fn` runs. */
+function watchWriteBack(fn: () => void): Array<['write', number, number] | ['fdatasync']> {
+  const calls: Array<['write', number, number] | ['fdatasync']> = [];
+  const { writeSync, fdatasyncSync } = nodeFs;
+  nodeFs.writeSync = ((fd: number, buf: Buffer, off: number, len: number, pos: number) => {
+    calls.push(['write', pos, len]);
+    if (off !== pos) throw new Error(`bytes at ${off} written at file offset ${pos}`);
+    return writeSync(fd, buf, off, len, pos);
+  }) as typeof writeSync;
+  nodeFs.fdatasyncSync = ((fd: number) => {
+    calls.push(['fdatasync']);
+    fdatasyncSync(fd);
+  }) as typeof fdatasyncSync;
+  try {
+    fn();
+  } finally {
+    nodeFs.writeSync = writeSync;
+    nodeFs.fdatasyncSync = fdatasyncSync;
+  }
+  return calls;
+}
+
+const openFds = (): number => fs.readdirSync('/proc/self/fd').length;
+
+t.test('ordinary file: a persist writes the range back through the fd, then fdatasync (not msync)', async (t) => {
+  const fdsBefore = openFds();
+  const p = filePath('writeback.img');
+  const d = UnitDevice.open(p, { create: { size: 4 * MiB }, format: {} });
+  const { dataOffset, pageSize: ps } = d.superblock;
+  // Bytes stored by someone else into the same page-cache pages (as an RDMA
+  // WRITE into the unit's translated mapping would be): a second mapping.
+  const other = mapFile(p);
+  const view = Buffer.from(other.buffer());
+  view.write('written-elsewhere', dataOffset + 3 * ps - 8, 'latin1');
+  const calls = watchWriteBack(() => t.equal(d.persistData(2, ps - 8, 17), 'msync'));
+  t.same(calls, [['write', dataOffset + 3 * ps - 8, 17], ['fdatasync']], 'pwrite of exactly the range at its own offset, then fdatasync');
+  t.equal(fs.readFileSync(p).toString('latin1', dataOffset + 3 * ps - 8, dataOffset + 3 * ps + 9), 'written-elsewhere', 'the bytes are in the file');
+
+  // persistMapped: a range of a mapping made of discontiguous device ranges.
+  const ranges = d.extentRanges([
+    { page: 5, pages: 1 },
+    { page: 1, pages: 2 },
+    { page: 8, pages: 1 },
+  ]);
+  const c2 = watchWriteBack(() => t.equal(d.persistMapped(ranges, ps - 10, 2 * ps + 20), 'msync'));
+  t.same(
+    c2,
+    [['write', dataOffset + 6 * ps - 10, 10], ['write', dataOffset + ps, 2 * ps], ['write', dataOffset + 8 * ps, 10], ['fdatasync']],
+    'each device piece written back (5|1, 1-2, 2|8 seams), one fdatasync',
+  );
+  t.same(watchWriteBack(() => d.persistMapped(ranges, 4 * ps, 0)), [], 'an empty range writes nothing');
+  t.throws(() => d.persistMapped(ranges, 4 * ps - 1, 2), { code: 'ERR_NPMU_BAD_RANGE' });
+  t.throws(() => d.persistMapped(ranges, -1, 2), { code: 'ERR_NPMU_BAD_RANGE' });
+
+  // Metadata and superblock persists take the same way.
+  const c3 = watchWriteBack(() => d.writeMeta(100, Buffer.from('meta'), true));
+  t.same(c3, [['write', d.superblock.metaOffset + 100, 4], ['fdatasync']]);
+  t.same(watchWriteBack(() => d.writeMeta(100, Buffer.from('meta'), false)), [], 'no persist asked, nothing written back');
+  other.close();
+  d.close();
+  d.close();
+  t.equal(openFds(), fdsBefore, 'the file descriptor is closed with the device');
+  t.throws(() => d.persistData(0, 0, 1), { code: 'ERR_NPMU_CLOSED' });
+  t.throws(() => d.persistMapped(ranges, 0, 1), { code: 'ERR_NPMU_CLOSED' });
+});
+
+t.test('tmpfs and read-only opens keep persisting through the mapping (no fd, no write-back)', async (t) => {
+  const fdsBefore = openFds();
+  const d = UnitDevice.open(tmpfsPath(), { create: { size: 2 * MiB }, format: {} });
+  t.same(watchWriteBack(() => t.equal(d.persistData(0, 0, 100), 'msync')), []);
+  t.same(watchWriteBack(() => t.equal(d.persistMapped(d.extentRanges([{ page: 1, pages: 1 }]), 0, 100), 'msync')), []);
+  d.close();
+  const p = filePath('ro-persist.img');
+  UnitDevice.open(p, { create: { size: 2 * MiB }, format: {} }).close();
+  const r = UnitDevice.open(p, { readOnly: true });
+  t.same(watchWriteBack(() => r.persistData(0, 0, 1)), [], 'a read-only open never writes the file');
+  r.close();
+  t.equal(openFds(), fdsBefore);
 });
 
 t.test('read-only open (for info) cannot write', async (t) => {
