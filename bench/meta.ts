@@ -49,7 +49,7 @@ async function main(): Promise<void> {
   const ctl = await ControlConnection.connect({ host, port: pmm.port });
   await ctl.request('create-volume', { volume: 'bench', primary: { host, controlPort: units[0]!.controlPort, rdmaPort: units[0]!.rdmaPort }, mirror: { host, controlPort: units[1]!.controlPort, rdmaPort: units[1]!.rdmaPort }, force: true }, { timeoutMs: 120_000 });
   ctl.close();
-  const c = await NpmuClient.attach({ pmm: { host, port: pmm.port }, client: 'bench', secret: 'bench-secret', volume: 'bench', connectUnits: false });
+  const c = await NpmuClient.attach({ pmm: { host, port: pmm.port }, client: 'bench', secret: 'bench-secret', volume: 'bench' });
   const st = await c.volumeStatus();
   process.stderr.write(`bench-meta: units ${st.primary.durability}/${st.mirror.durability}, ${st.totalPages} pages of ${st.pageSize} B, checkpoints ${CHECKPOINTS.join(', ')}\n`);
   const rows: Array<Record<string, unknown>> = [];

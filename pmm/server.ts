@@ -27,7 +27,7 @@ import { issueTicket } from '../lib/ticket';
 import { pagesFor } from './alloc';
 import type { ClientRegistry, Role } from './credentials';
 import { HALVES, UnitLink, Volume, formatAddress, mapIdFor, mapWithRetry, silentLogger } from './volume';
-import type { Half, Logger, UnitAddress } from './volume';
+import type { Half, Logger, UnitAddress, VolumeOptions } from './volume';
 
 export interface PmmOptions {
   /** The 32-byte key shared with the units (lib/ticket.ts). */
@@ -51,6 +51,8 @@ export interface PmmOptions {
   pmmId?: string;
   /** Last-open times are written back to the units at most this often (ms). Default 5000. */
   touchFlushMs?: number;
+  /** How new pages are zeroed (pmm/volume.ts VolumeOptions.zeroer); for tests. */
+  zeroer?: VolumeOptions['zeroer'];
 }
 
 interface Session {
@@ -281,8 +283,9 @@ export class PmmServer {
     }
   }
 
-  #volumeOptions(): { key: Uint8Array; log: Logger; zeroNewRegions: boolean; pmmId: string; touchFlushMs?: number } {
+  #volumeOptions(): VolumeOptions {
     return {
+      ...(this.#opts.zeroer ? { zeroer: this.#opts.zeroer } : {}),
       key: this.#opts.key,
       log: this.#log,
       zeroNewRegions: this.#opts.zeroNewRegions ?? true,
@@ -423,24 +426,24 @@ export class PmmServer {
     if (basePointer + BigInt(msg.size) > U64 || iova + BigInt(pages) * BigInt(pageSize) > U64) {
       throw err('ERR_OUT_OF_RANGE', `base pointer ${basePointer} + size ${msg.size} passes 2^64`, { basePointer: msg.basePointer, size: msg.size });
     }
-    await v.exclusive(async () => {
-      // [0079] names are unique in a volume
-      if (v.region(msg.name)) throw err('ERR_NPMU_REGION_EXISTS', `region ${JSON.stringify(msg.name)} already exists in ${v.name}`, { region: msg.name });
-      if (!HALVES.some((h) => v.serves(h))) throw err('ERR_NPMU_VOLUME_OFFLINE', `volume ${v.name} is ${v.state}: no current half is reachable`, { state: v.state });
-      // [0078] any size up to the available space
-      if (pages > v.freePages) {
-        throw err('ERR_NPMU_NO_SPACE', `no space: ${msg.size} bytes need ${pages} pages of ${pageSize}, ${v.freePages} free`, {
-          requested: pages,
-          free: v.freePages,
-        });
-      }
-      // design.md: zero the pages, then commit, then answer
-      await v.createRegion(
-        { name: msg.name, size: msg.size, basePointer, owner: s.client, createdAtMs: Date.now(), lastOpenAtMs: 0, durable: msg.durable ?? true },
-        pages,
-      );
-      this.#log.info(`volume ${v.name}: ${s.client} created region ${JSON.stringify(msg.name)} (${msg.size} bytes, ${pages} pages, base ${basePointer})`);
-    });
+    // design.md: zero the pages, then commit, then answer (the zeroing outside the volume lock)
+    await v.createRegion(
+      { name: msg.name, size: msg.size, basePointer, owner: s.client, createdAtMs: Date.now(), lastOpenAtMs: 0, durable: msg.durable ?? true },
+      pages,
+      () => {
+        // [0079] names are unique in a volume
+        if (v.region(msg.name)) throw err('ERR_NPMU_REGION_EXISTS', `region ${JSON.stringify(msg.name)} already exists in ${v.name}`, { region: msg.name });
+        if (!HALVES.some((h) => v.serves(h))) throw err('ERR_NPMU_VOLUME_OFFLINE', `volume ${v.name} is ${v.state}: no current half is reachable`, { state: v.state });
+        // [0078] any size up to the available space
+        if (pages > v.freePages) {
+          throw err('ERR_NPMU_NO_SPACE', `no space: ${msg.size} bytes need ${pages} pages of ${pageSize}, ${v.freePages} free`, {
+            requested: pages,
+            free: v.freePages,
+          });
+        }
+      },
+    );
+    this.#log.info(`volume ${v.name}: ${s.client} created region ${JSON.stringify(msg.name)} (${msg.size} bytes, ${pages} pages, base ${basePointer})`);
   }
 
   async #deleteRegion(s: Session, msg: RequestBody<'delete-region'>): Promise<void> {

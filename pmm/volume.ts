@@ -207,6 +207,11 @@ export interface VolumeOptions {
   zeroNewRegions?: boolean;
   /** Last-open times are written back at most this often (ms). Default 5000. */
   touchFlushMs?: number;
+  /**
+   * How new pages are zeroed (default: by RDMA from this process, made
+   * durable as each unit needs). Tests substitute their own.
+   */
+  zeroer?: (half: Half, extents: Extent[]) => Promise<void>;
 }
 
 /** Smallest and largest u64 mapId part reserved for the region id ([0084]: mappings are per open). */
@@ -273,6 +278,8 @@ export class Volume extends EventEmitter {
   readonly #log: Logger;
   #lock: Promise<unknown> = Promise.resolve();
   #rdma: Partial<Record<Half, PmmRdma>> = {};
+  /** Names of regions being created (pages zeroed outside the lock). */
+  #creating = new Set<string>();
   /** regionId → last open time not yet written to the units. */
   #touched = new Map<number, number>();
   #touchTimer: NodeJS.Timeout | null = null;
@@ -788,25 +795,56 @@ export class Volume extends EventEmitter {
   // ---- regions -----------------------------------------------------------------
 
   /**
-   * Creates a region: allocates on both halves, zeroes the new pages on every
-   * half served (durably, as each device allows), then commits. A stale half
-   * gets its pages allocated too (resync copies them). Call inside `exclusive`.
+   * Creates a region in three steps, so that zeroing a large region never
+   * holds the volume lock: (1) under the lock, `check` (the caller's rules),
+   * reserve the name and allocate on both halves; (2) outside it, zero the
+   * new pages on every half served, durably as each device allows; (3) under
+   * the lock, commit. A stale half gets its pages allocated too (resync copies
+   * them). Nothing is visible before the commit; a failure frees the pages.
    */
-  async createRegion(fields: Omit<RegionMeta, 'id' | 'primaryExtents' | 'mirrorExtents'>, pages: number): Promise<RegionMeta> {
+  async createRegion(fields: Omit<RegionMeta, 'id' | 'primaryExtents' | 'mirrorExtents'>, pages: number, check: () => void = () => undefined): Promise<RegionMeta> {
     const allocated: Partial<Record<Half, Extent[]>> = {};
-    try {
-      for (const h of HALVES) allocated[h] = this.halves[h].alloc.allocate(pages);
-      const region: RegionMeta = { ...fields, id: this.image.volume.nextRegionId, primaryExtents: allocated.primary!, mirrorExtents: allocated.mirror! };
-      // Refuses (ERR_NPMU_META_TOO_LARGE) before any page is touched.
-      this.image.plan({ add: region }, { epoch: this.epoch, writer: this.pmmId });
-      await this.zeroPages(region.id, { primary: region.primaryExtents, mirror: region.mirrorExtents });
-      await this.commit({ add: region });
-      void this.#publishUsage();
-      return region;
-    } catch (e) {
+    const free = (): void => {
       for (const h of HALVES) if (allocated[h]) this.halves[h].alloc.free(allocated[h]!);
+    };
+    await this.exclusive(async () => {
+      check();
+      if (this.#creating.has(fields.name)) {
+        throw new NpmuError('ERR_NPMU_REGION_EXISTS', `region ${JSON.stringify(fields.name)} is being created in ${this.name}`, { region: fields.name });
+      }
+      try {
+        for (const h of HALVES) allocated[h] = this.halves[h].alloc.allocate(pages);
+        // Refuses (ERR_NPMU_META_TOO_LARGE) before any page is touched.
+        this.image.plan({ add: this.#regionFor(fields, allocated) }, { epoch: this.epoch, writer: this.pmmId });
+      } catch (e) {
+        free();
+        throw e;
+      }
+      this.#creating.add(fields.name);
+    });
+    try {
+      await this.zeroPages(0, { primary: allocated.primary!, mirror: allocated.mirror! });
+      return await this.exclusive(async () => {
+        const region = this.#regionFor(fields, allocated);
+        await this.commit({ add: region });
+        void this.#publishUsage();
+        return region;
+      });
+    } catch (e) {
+      free();
       throw e;
+    } finally {
+      this.#creating.delete(fields.name);
     }
+  }
+
+  #regionFor(fields: Omit<RegionMeta, 'id' | 'primaryExtents' | 'mirrorExtents'>, allocated: Partial<Record<Half, Extent[]>>): RegionMeta {
+    return { ...fields, id: this.image.volume.nextRegionId, primaryExtents: allocated.primary!, mirrorExtents: allocated.mirror! };
+  }
+
+  /** Creates whose pages are being zeroed now (outside the volume lock). */
+  get creating(): number {
+    return this.#creating.size;
   }
 
   /** Deletes a region: commits the table without it, then frees its pages. Call inside `exclusive`. */
@@ -833,6 +871,7 @@ export class Volume extends EventEmitter {
     await Promise.all(
       HALVES.map(async (h) => {
         if (!this.serves(h)) return;
+        if (this.#opts.zeroer) return this.#opts.zeroer(h, extents[h]);
         const z = this.#rdmaFor(h);
         try {
           await z.zero(regionId, extents[h]);
@@ -852,6 +891,7 @@ export class Volume extends EventEmitter {
    */
   async resyncStale(): Promise<{ half: Half; regions: number; bytes: number }> {
     const target = this.stale;
+    if (this.#creating.size > 0) throw new NpmuError('ERR_NPMU_VOLUME_BUSY', `volume ${this.name}: ${this.#creating.size} region(s) being created; try again`, { volume: this.name });
     if (!target) throw new NpmuError('ERR_NPMU_NOT_STALE', `volume ${this.name}: both halves are current; nothing to resync`, { volume: this.name });
     const source = other(target);
     if (!this.serves(source)) throw unavailable(this.name, source, 'the current half is down');
@@ -1020,7 +1060,16 @@ class PmmRdma {
     for (const e of extents) await this.#vol.unitRequest(this.#half, 'persist', { page: e.page, offset: 0, length: e.pages * pageSize }, { timeoutMs: 60_000 });
   }
 
-  async zero(regionId: number, extents: Extent[]): Promise<void> {
+  #serial: Promise<unknown> = Promise.resolve();
+
+  /** Zeroes extents (one at a time per connection: creates zero concurrently, outside the volume lock). */
+  zero(regionId: number, extents: Extent[]): Promise<void> {
+    const run = this.#serial.then(() => this.#zero(regionId, extents));
+    this.#serial = run.catch(() => undefined);
+    return run;
+  }
+
+  async #zero(regionId: number, extents: Extent[]): Promise<void> {
     await this.withMapping(regionId, extents, async (m) => {
       const wrs: import('../lib/verbs').WorkRequest[] = [];
       for (let off = 0; off < m.length; off += CHUNK) {

@@ -2,10 +2,12 @@
  * Inside the VM for powercut/pmm-run.ts. Two units on the emulated NVDIMMs,
  * a PMM and a client, all in this process (the power cut takes them all).
  *
- *   burst         format both units, create volume "pc", then create / write /
- *                 delete regions at random forever, printing what was
- *                 acknowledged: "BEGIN op …" before an operation, "ACK op …"
- *                 once it returned (writes are durable, to both halves).
+ *   burst SEED    format both units, create volume "pc", then create / write /
+ *                 delete regions at random forever (replayable from SEED),
+ *                 handing the volume to a new PMM now and then (it fences the
+ *                 one before: the cut may land in a takeover), printing what
+ *                 was acknowledged: "BEGIN op …" before an operation, "ACK op
+ *                 …" once it returned (writes are durable, to both halves).
  *   check LOGFILE boot the same devices without formatting, let a PMM
  *                 recover the volume, and check it against the log: it opens
  *                 cleanly, both halves agree, no page is owned twice or
@@ -51,9 +53,22 @@ async function pmmOn(u: UnitServer[]): Promise<PmmServer> {
   });
 }
 
-async function burst(): Promise<void> {
+/** A seeded PRNG (mulberry32): a round is replayable from its seed. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+async function burst(seed: number): Promise<void> {
+  const random = prng(seed);
   const u = await units(true);
-  const pmm = await pmmOn(u);
+  let pmm = await pmmOn(u);
   const admin = await ControlConnection.connect({ host: rdmaAddress(), port: pmm.port });
   await admin.request('create-volume', {
     volume: 'pc',
@@ -62,21 +77,32 @@ async function burst(): Promise<void> {
     force: true,
   });
   admin.close();
-  const c = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'pc', secret: SECRET, volume: 'pc' });
+  let c = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'pc', secret: SECRET, volume: 'pc' });
   const open = new Map<string, { h: RegionHandle; next: number }>();
   let seq = 0;
   console.log('READY');
   for (;;) {
-    const r = Math.random();
-    if (open.size < 2 || (r < 0.15 && open.size < 6)) {
+    const r = random();
+    if (r > 0.97) {
+      // Fencing under power cuts: a new PMM takes the volume over; the client follows it.
+      console.log('BEGIN takeover');
+      const next = await pmmOn(u);
+      const old = pmm;
+      pmm = next;
+      await c.close().catch(() => undefined);
+      await old.close();
+      c = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'pc', secret: SECRET, volume: 'pc' });
+      for (const [name, o] of open) o.h = await c.openRegion(name);
+      console.log(`ACK takeover epoch ${pmm.volumes.get('pc')!.epoch}`);
+    } else if (open.size < 2 || (r < 0.15 && open.size < 6)) {
       const name = `r${++seq}`;
-      const size = (1 + Math.floor(Math.random() * 2)) * (2 << 20) - Math.floor(Math.random() * 1000);
+      const size = (1 + Math.floor(random() * 2)) * (2 << 20) - Math.floor(random() * 1000);
       console.log(`BEGIN create ${name} ${size}`);
       await c.createRegion(name, size, BigInt(seq) << 36n);
       console.log(`ACK create ${name}`);
       open.set(name, { h: await c.openRegion(name), next: 0 });
     } else if (r < 0.25) {
-      const name = [...open.keys()][Math.floor(Math.random() * open.size)]!;
+      const name = [...open.keys()][Math.floor(random() * open.size)]!;
       const o = open.get(name)!;
       open.delete(name);
       await c.closeRegion(o.h);
@@ -84,7 +110,7 @@ async function burst(): Promise<void> {
       await c.deleteRegion(name);
       console.log(`ACK delete ${name}`);
     } else {
-      const name = [...open.keys()][Math.floor(Math.random() * open.size)]!;
+      const name = [...open.keys()][Math.floor(random() * open.size)]!;
       const o = open.get(name)!;
       const slot = o.next++;
       if ((slot + 1) * SLOT > o.h.size) continue;
@@ -159,8 +185,10 @@ async function check(logFile: string): Promise<void> {
   console.log('CHECKED');
 }
 
-const [mode, arg] = process.argv.slice(2);
-(mode === 'burst' ? burst() : mode === 'check' ? check(arg!) : Promise.reject(new Error('usage: pmm-guest.js burst|check LOGFILE'))).catch((e) => {
-  console.error(e);
-  process.exit(1);
-});
+if (require.main === module) {
+  const [mode, arg] = process.argv.slice(2);
+  (mode === 'burst' ? burst(Number(arg ?? 1)) : mode === 'check' ? check(arg!) : Promise.reject(new Error('usage: pmm-guest.js burst SEED | check LOGFILE'))).catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
+}

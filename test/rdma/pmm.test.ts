@@ -5,12 +5,15 @@
  * clients on one region, durability reporting, implicit close when a client
  * process dies, and a PMM killed with SIGKILL and started again.
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
 import { NpmuClient, Mirror, ReadFrom } from '../../lib/client';
 import { ControlConnection } from '../../lib/protocol';
 import { rdmaAddress } from './fixture';
-import { MiB, SECRETS, child, fileDir, pmmProcess, startSystem, unitInProcess, until } from './pmm-helpers';
+import { KEY, MiB, SECRETS, child, clients, fileDir, keyFile, pmmProcess, shmPath, startSystem, unitInProcess, until } from './pmm-helpers';
+import { startUnitProcess } from './unit-helpers';
+import { PmmServer } from '../../pmm/server';
 import type { System } from './pmm-helpers';
 
 // Every RDMA test file shares one tap root in one process (run.ts); its default
@@ -300,6 +303,127 @@ t.test('a client process killed with regions open has them closed by the PMM ([0
   await until(() => sys.primary.server!.info().mappings + sys.mirror.server!.info().mappings === mapsBefore, 30_000, 'the units to drop the mappings');
   await bob.deleteRegion('r3');
   t.pass('the region can be deleted once its opener died');
+});
+
+t.test('a large region: zeroed to its last page on both halves (outside the volume lock: see test/unit/pmm-server)', async (t) => {
+  const big = 128 * MiB;
+  const creating = alice.createRegion('big', big, 0n);
+  const h = await alice.openRegion('r1');
+  await alice.closeRegion(h);
+  await t.rejects(bob.createRegion('big', 4096, 0n), { code: 'ERR_NPMU_REGION_EXISTS' }, 'its name is taken while it is zeroed, and after');
+  await creating;
+  const hb = await alice.openRegion('big');
+  const b = Buffer.alloc(4096, 1);
+  await alice.readRegion(hb, b, 4096, BigInt(big - 4096), { mirror: ReadFrom.MIRROR });
+  t.ok(b.every((x) => x === 0), 'zeroed to its last page on the mirror');
+  await alice.closeRegion(hb);
+  await alice.deleteRegion('big');
+});
+
+t.test('two PMMs on the same real units: the second fences the first, which stops serving; no page is handed out twice', async (t) => {
+  const s1 = await startSystem({ devices: 'tmpfs' });
+  try {
+    const c1 = await s1.attach('alice');
+    await c1.createRegion('one', 3 * 4096, 0n);
+    const pmm2 = await PmmServer.start({ key: KEY, clients, host: rdmaAddress(), port: 0, units: [s1.primary.address, s1.mirror.address], reconnectMs: 300 });
+    try {
+      const v2 = pmm2.volumes.get(s1.volume)!;
+      t.ok(v2, 'the second PMM took the volume');
+      await until(() => !s1.pmm.volumes.has(s1.volume), 30_000, 'the first PMM to stop serving');
+      await t.rejects(c1.createRegion('two', 4096, 0n), { code: /ERR_NPMU_(DISCONNECTED|FENCED)/ }, "the first PMM's clients are cut off from management");
+      const c2 = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm2.port }, client: 'bob', secret: SECRETS.bob!, volume: s1.volume });
+      await c2.createRegion('two', 3 * 4096, 0n);
+      const meta = v2.image.toMeta();
+      t.same(meta.regions.map((r) => r.name), ['one', 'two']);
+      for (const half of ['primaryExtents', 'mirrorExtents'] as const) {
+        const pages = meta.regions.flatMap((r) => r[half].flatMap((e) => Array.from({ length: e.pages }, (_, i) => e.page + i)));
+        t.equal(new Set(pages).size, pages.length, `${half}: no page owned twice`);
+      }
+      const h = await c2.openRegion('two');
+      const msg = Buffer.from('through the second PMM');
+      await c2.writeRegion(h, msg, msg.length, 0n);
+      const back = Buffer.alloc(msg.length);
+      await c2.readRegion(h, back, back.length, 0n, { mirror: ReadFrom.MIRROR });
+      t.equal(back.toString(), msg.toString());
+      await c2.closeRegion(h);
+      await c2.close();
+      await c1.close();
+    } finally {
+      await pmm2.close();
+    }
+  } finally {
+    await s1.close();
+  }
+});
+
+t.test('the fork of the issue on real units: a delete acknowledged on the primary alone, a restart on the mirror alone, the primary returns', async (t) => {
+  const dev = { p: shmPath(), m: shmPath() };
+  const ports: Record<'p' | 'm', { controlPort: number; rdmaPort: number } | null> = { p: null, m: null };
+  const start = async (which: 'p' | 'm', format: boolean) => {
+    const args = ['--device', dev[which], '--key-file', keyFile, '--quiet'];
+    if (format) args.push('--create-size', '32M', '--format', '--force');
+    const at = ports[which];
+    if (at) args.push('--control-port', String(at.controlPort), '--rdma-port', String(at.rdmaPort));
+    const proc = await startUnitProcess(args);
+    ports[which] = { controlPort: proc.ready.controlPort, rdmaPort: proc.ready.rdmaPort };
+    return { address: { host: proc.ready.host, controlPort: proc.ready.controlPort, rdmaPort: proc.ready.rdmaPort }, kill: async () => (proc.child.kill('SIGKILL'), await proc.exited) };
+  };
+  let p = await start('p', true);
+  let m = await start('m', true);
+  const units = [p.address, m.address];
+  let pmm = await PmmServer.start({ key: KEY, clients, host: rdmaAddress(), port: 0, units, reconnectMs: 300 });
+  const ops = await ControlConnection.connect({ host: rdmaAddress(), port: pmm.port });
+  await ops.request('create-volume', { volume: 'fork', primary: p.address, mirror: m.address, force: true }, { timeoutMs: 60_000 });
+  ops.close();
+  let c = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'alice', secret: SECRETS.alice!, volume: 'fork' });
+  await c.createRegion('a', 4096, 0n);
+  await c.createRegion('b', 4096, 0n);
+  let h = await c.openRegion('b');
+  await c.writeRegion(h, Buffer.from('before'), 6, 0n);
+  await m.kill();
+  await until(() => pmm.volumes.get('fork')?.syncOf('mirror') === 'stale', 30_000, 'the mirror to be recorded stale');
+  await c.deleteRegion('a'); // acknowledged on the primary alone
+  await c.writeRegion(h, Buffer.from('after!'), 6, 0n, { mirror: Mirror.PRIMARY }); // acknowledged on the primary alone
+  await c.close();
+  await pmm.close();
+  await p.kill();
+  m = await start('m', false); // the mirror comes back alone
+  pmm = await PmmServer.start({ key: KEY, clients, host: rdmaAddress(), port: 0, units, reconnectMs: 300 });
+  try {
+    const st = await ControlConnection.connect({ host: rdmaAddress(), port: pmm.port });
+    const s1 = await st.request('volume-status', { volume: 'fork' });
+    t.equal(s1.state, 'waiting', 'the stale branch alone is never served');
+    await t.rejects(NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'alice', secret: SECRETS.alice!, volume: 'fork' }), {
+      code: 'ERR_NPMU_VOLUME_UNAVAILABLE',
+    });
+    p = await start('p', false); // the primary returns (same ports: the PMM finds it)
+    await until(() => pmm.volumes.has('fork'), 60_000, 'the volume to be served');
+    const v = pmm.volumes.get('fork')!;
+    t.equal(v.state, 'degraded');
+    t.equal(v.syncOf('mirror'), 'stale');
+    c = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'alice', secret: SECRETS.alice!, volume: 'fork' });
+    t.same((await c.listRegions()).names, ['b'], 'the acknowledged delete holds');
+    h = await c.openRegion('b');
+    const back = Buffer.alloc(6);
+    t.match(await c.readRegion(h, back, 6, 0n), { half: 'primary' });
+    t.equal(back.toString(), 'after!', 'the acknowledged single-half write holds; the stale mirror is not read');
+    await t.rejects(c.readRegion(h, back, 6, 0n, { mirror: ReadFrom.MIRROR }), { code: 'ERR_NPMU_HALF_STALE' });
+    await c.closeRegion(h);
+    t.match(await st.request('volume-resync', { volume: 'fork' }, { timeoutMs: 300_000 }), { half: 'mirror', regions: 1 });
+    await c.close(); // it never connected to the mirror (stale at attach): a client attaches again to use it
+    c = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'alice', secret: SECRETS.alice!, volume: 'fork' });
+    h = await c.openRegion('b');
+    await c.readRegion(h, back, 6, 0n, { mirror: ReadFrom.MIRROR });
+    t.equal(back.toString(), 'after!', 'after the resync the mirror holds what it missed');
+    await c.closeRegion(h);
+    await c.close();
+    st.close();
+  } finally {
+    await pmm.close();
+    await p.kill();
+    await m.kill();
+    for (const d of Object.values(dev)) fs.rmSync(d, { force: true });
+  }
 });
 
 t.test('the PMM killed with SIGKILL: I/O goes on without it; a new PMM recovers every region', async (t) => {

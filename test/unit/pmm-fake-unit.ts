@@ -24,6 +24,8 @@ export class FakeUnit {
   readonly unitId = randomBytes(16).toString('hex');
   readonly key: Uint8Array;
   meta: Buffer;
+  /** What a power cut keeps: the metadata area as of the last persisted write (meta-write with persist). */
+  durable: Buffer;
   pageSize: number;
   dataPages: number;
   durability: 'pmem' | 'msync' | 'volatile';
@@ -48,6 +50,7 @@ export class FakeUnit {
   constructor(o: FakeUnitOptions) {
     this.key = o.key;
     this.meta = Buffer.alloc(o.metaLength ?? 256 * 1024);
+    this.durable = Buffer.alloc(this.meta.length);
     this.pageSize = o.pageSize ?? 4096;
     this.dataPages = o.dataPages ?? 1024;
     this.durability = o.durability ?? 'pmem';
@@ -78,6 +81,18 @@ export class FakeUnit {
     const s = this.server;
     this.server = null;
     if (s) await new Promise<void>((r) => s.close(() => r()));
+  }
+
+  /** Power loss: what was not persisted is gone, and the process with it. */
+  async powerCut(): Promise<void> {
+    this.durable.copy(this.meta);
+    await this.kill();
+  }
+
+  /** Replaces the metadata area (as a new, empty device would be). */
+  setMetaLength(n: number): void {
+    this.meta = Buffer.alloc(n);
+    this.durable = Buffer.alloc(n);
   }
 
   mappingCount(): number {
@@ -147,6 +162,7 @@ export class FakeUnit {
         const what = this.onMetaWrite?.(msg.offset, data);
         if (what === 'torn') {
           data.subarray(0, Math.floor(data.length / 2)).copy(this.meta, msg.offset);
+          this.meta.copy(this.durable); // the torn part reached the media
           void this.kill();
           return new Promise(() => undefined); // never answers: the unit died mid-write
         }
@@ -155,6 +171,7 @@ export class FakeUnit {
           return new Promise(() => undefined);
         }
         data.copy(this.meta, msg.offset);
+        if (msg.persist) this.meta.copy(this.durable, msg.offset, msg.offset, msg.offset + data.length);
         this.metaWrites++;
         return {};
       }
