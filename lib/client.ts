@@ -280,8 +280,10 @@ export class NpmuClient extends EventEmitter {
   #freeSlots: number[];
   #cache = new Map<ArrayBufferLike, CachedRegistration>();
   #inflight = 0;
-  /** Halves this client has had the PMM record stale (single-half writes). */
+  /** Halves this client has had the PMM record stale (single-half writes), or learnt are stale. */
   #staleRecorded = new Set<Half>();
+  /** Halves the PMM confirmed current while the other was out of this client's reach. */
+  #confirmed = new Set<Half>();
   #closed = false;
 
   private constructor(o: AttachOptions, pmm: ControlConnection, r: ReplyBody<'attach'>, threshold: number, slots: number) {
@@ -610,6 +612,10 @@ export class NpmuClient extends EventEmitter {
       let last: Error | undefined;
       for (const half of order) {
         if (!this.#paths[half].usable) continue;
+        // Reading one half while the other is out of reach: make sure the PMM still counts it current
+        // (a half the PMM lost could not have its old mappings revoked). Once per half; never on the common path.
+        const peer: Half = half === 'primary' ? 'mirror' : 'primary';
+        if (!(h[peer].available && this.#paths[peer].usable) && !this.#confirmed.has(half)) await this.#confirmCurrent(half);
         const p = this.#paths[half];
         const rh = h[half];
         const failed = await this.#post([{ ep: p.ep!, op: 'read', mr: local.mr(half), offset: local.offset, length: n, remoteAddr: rh.baseNva + off, rkey: rh.rkey }], [half]);
@@ -630,6 +636,22 @@ export class NpmuClient extends EventEmitter {
 
   #why(h: RegionHandle): string {
     return HALVES.map((x) => `${x}: ${!h[x].available ? 'not mapped at open' : (this.#paths[x].lastError?.message ?? 'down')}`).join('; ');
+  }
+
+  /** Asks the PMM whether `half` is current (a degraded read); ERR_NPMU_HALF_STALE if not, ERR_NPMU_HALF_UNAVAILABLE if it cannot be told. */
+  async #confirmCurrent(half: Half): Promise<void> {
+    let st: VolumeStatus;
+    try {
+      const { v: _v, id: _id, type: _t, ...s } = await this.#request('volume-status', { volume: this.volume });
+      st = s;
+    } catch (e) {
+      throw unavailable(half, `the other half is down and the PMM cannot confirm that the ${half} is current: ${(e as Error).message}`, { cause: e });
+    }
+    if (st[half].sync === 'stale') {
+      this.#staleRecorded.add(half);
+      throw new NpmuError('ERR_NPMU_HALF_STALE', `the ${half} missed updates and is not served until the volume is resynced (npmu volume resync)`, { half });
+    }
+    this.#confirmed.add(half);
   }
 
   /** Asks the PMM to record `half` stale (once per client and half) before a write the other half alone takes is acknowledged. */

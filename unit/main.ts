@@ -25,7 +25,7 @@ const USAGE = `usage:
       --format             format the device if it is not formatted yet
       --force              with --format: reformat a formatted (or corrupt) device, destroying it
       --label TEXT         label written at format time (up to 32 bytes)
-      --meta-length SIZE   metadata area size at format time (default: data from 1 MiB)
+      --meta-length SIZE   metadata area size at format time (default: data from 8 MiB on devices of 128 MiB or more, else 1 MiB)
       --host ADDR          IP address of the RDMA device; RDMA and control listeners bind to it
       --rdma-port N        RDMA (rdma_cm) port, 0 = any (default 0)
       --control-port N     TCP control port, 0 = any (default 0)
