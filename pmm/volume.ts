@@ -780,6 +780,12 @@ export class Volume extends EventEmitter {
           if (known(s.sessionId) || s.sessionId === PMM_SESSION.toString()) continue;
           for (const m of s.mapIds) {
             const id = regionOfMapId(m);
+            if (!this.image.regionById(id)) {
+              // A mapping of a region that does not exist (here): its pages may go to another region. Removed at once.
+              await this.unitRequest(h, 'unmap', { sessionId: s.sessionId, mapId: m }).catch(() => undefined);
+              this.#log.warn(`volume ${this.name}: removed a mapping of unknown region ${id} on the ${h} (session ${s.sessionId})`);
+              continue;
+            }
             const list = found.get(id) ?? [];
             list.push({ half: h, sessionId: s.sessionId, mapId: m });
             found.set(id, list);

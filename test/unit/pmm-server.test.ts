@@ -12,7 +12,7 @@ import { ControlConnection, encodeFrame } from '../../lib/protocol';
 import { verifyTicket } from '../../lib/ticket';
 import { ClientRegistry, clientLine, parseClients } from '../../pmm/credentials';
 import { PmmServer } from '../../pmm/server';
-import { regionOfMapId } from '../../pmm/volume';
+import { mapIdFor, regionOfMapId } from '../../pmm/volume';
 import { MetaImage, ROOT_SLOT_SIZE, newestRoot, rootSlotOffset, tablePageOffset } from '../../pmm/metadata';
 import type { SyncState, VolumeMeta } from '../../pmm/metadata';
 import { FakeUnit } from './pmm-fake-unit';
@@ -273,11 +273,14 @@ t.test('a PMM started again recovers every region from the units alone', async (
   // the client's mapping of r4 survives on the units as if its RDMA connection were still up
   const sess = open.primary.mapId;
   s.p.maps.set('424242', new Map([[sess, { extents: [], iova: '0', rkey: 1 }]]));
+  // and a mapping of a region that does not exist (an earlier branch's): removed at recovery
+  s.p.maps.set('555', new Map([[String(mapIdFor(9999, 1)), { extents: [], iova: '0', rkey: 2 }]]));
 
   const pmm2 = await pmmFor(s.p, s.m);
   const v = pmm2.volumes.get('vol')!;
   t.ok(v, 'volume recovered');
   t.same(v.image.toMeta(), before, 'identical region table');
+  t.notOk(s.p.maps.get('555')?.size, 'the mapping of an unknown region was removed');
   t.equal(v.usedPages, before.regions.reduce((a, r) => a + Math.ceil(r.size / 4096), 0));
   const c = await attach(pmm2, 'alice');
   t.same((await c.request('list-regions', { volume: 'vol', max: 100 })).names, ['r0', 'r1', 'r3', 'r4']);
