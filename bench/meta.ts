@@ -84,7 +84,7 @@ async function measureAt(n: number, dax: string[]): Promise<Record<string, unkno
   for (const u of units) {
     for (const w of [...img.pageWrites, { offset: img.rootOffset, bytes: img.rootBytes }]) u.device.writeMeta(w.offset, w.bytes, true);
   }
-  log(`${n} regions written in ${((Date.now() - t0) / 1000).toFixed(1)} s (${image.pageCount} table pages)`);
+  log(`${n} regions written in ${((Date.now() - t0) / 1000).toFixed(1)} s (${image.pagesInUse} table pages in use)`);
   // A PMM recovers the volume from the units; measure real operations through it.
   const t1 = Date.now();
   pmm = await PmmServer.start({ key: KEY, clients, host, port: 0, units: units.map(addr) });
