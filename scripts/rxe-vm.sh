@@ -18,6 +18,12 @@ options:
                       sparse if missing; SIZE like 256M, a multiple of 2M);
                       repeatable. The guest sees it as devdax, listed in
                       NPMU_DAX_DEVICES in the order given
+  --nvdimm-persistence cpu|mem-ctrl
+                      the platform's persistence domain for the NVDIMMs (qemu
+                      -machine nvdimm-persistence=): cpu = eADR, the guest's
+                      region persistence_domain reads cpu_cache; mem-ctrl =
+                      ADR, it reads memory_controller. Default: not set, the
+                      guest has no persistence_domain (units report 'none')
   --timeout SEC       kill the VM after SEC seconds, exit 124 (default 1800)
   --pidfile FILE      write qemu's pid to FILE (kill -9 it = power cut)
   --mem SIZE          guest RAM (default 2G)
@@ -35,11 +41,14 @@ EOF
 
 die() { echo "rxe-vm: $*" >&2; exit 125; }
 
-timeout=1800 mem=2G cpus=2 pidfile=
+timeout=1800 mem=2G cpus=2 pidfile= persistence=
 nvdimms=() pass_env=()
 while (($#)); do
   case $1 in
     --nvdimm) [[ ${2:-} == ?*:?* ]] || die "--nvdimm needs FILE:SIZE"; nvdimms+=("$2"); shift 2 ;;
+    --nvdimm-persistence)
+      [[ ${2:-} == cpu || ${2:-} == mem-ctrl ]] || die "--nvdimm-persistence needs cpu or mem-ctrl"
+      persistence=$2; shift 2 ;;
     --timeout) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--timeout needs seconds"; timeout=$2; shift 2 ;;
     --pidfile) [[ -n ${2:-} ]] || die "--pidfile needs a file"; pidfile=$2; shift 2 ;;
     --mem) [[ -n ${2:-} ]] || die "--mem needs a size"; mem=$2; shift 2 ;;
@@ -52,6 +61,7 @@ while (($#)); do
   esac
 done
 (($#)) || { usage >&2; die "no command given"; }
+[[ -z $persistence || ${#nvdimms[@]} -gt 0 ]] || die "--nvdimm-persistence needs at least one --nvdimm"
 
 proj=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cache=$proj/.cache/vm
@@ -98,7 +108,7 @@ if ((${#nvdimms[@]})); then
   done
   # The NVDIMMs live in the hot-plug area; leave 1 GiB of slack for alignment.
   # shellcheck disable=SC2054 # commas belong to qemu's option syntax
-  machine=(-machine pc,nvdimm=on -m "${mem_mib}M,slots=${#nvdimms[@]},maxmem=$((mem_mib + total + 1024))M")
+  machine=(-machine "pc,nvdimm=on${persistence:+,nvdimm-persistence=$persistence}" -m "${mem_mib}M,slots=${#nvdimms[@]},maxmem=$((mem_mib + total + 1024))M")
 fi
 
 # Run directories left by a killed rxe-vm.sh are pruned after two days.

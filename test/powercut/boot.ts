@@ -18,6 +18,8 @@ export interface BootOptions {
   /** NVDIMM backing files, 256 MiB each, in order (/dev/dax0.0, /dev/dax1.0, …) */
   nvdimms: string[];
   timeoutSec: number;
+  /** the platform's persistence domain (rxe-vm.sh --nvdimm-persistence); default: not set */
+  persistence?: 'cpu' | 'mem-ctrl';
   onLine?: (line: string, cut: () => void) => void;
 }
 
@@ -25,6 +27,7 @@ export function boot(o: BootOptions): Promise<{ code: number | null; out: string
   fs.mkdirSync(cacheDir, { recursive: true });
   const pidfile = path.join(cacheDir, `${path.basename(o.guest, '.js')}.pid`);
   const nv = o.nvdimms.flatMap((f) => ['--nvdimm', `${f}:256M`]);
+  if (o.persistence) nv.push('--nvdimm-persistence', o.persistence);
   const vm = path.join(root, 'scripts', 'rxe-vm.sh');
   const guest = path.join(root, 'dist', 'test', 'powercut', o.guest);
   return new Promise((resolve, reject) => {
