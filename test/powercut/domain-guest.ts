@@ -28,6 +28,7 @@ const clients = new ClientRegistry({ entries: parseClients(clientLine('pd', SECR
 const RECORDS = 16; // 8 durable, 8 not
 const SLOT = 4096; // records far apart: a flush of one must not carry its neighbour
 const LEN = 64;
+const TIMED = 100;
 
 function record(token: string, slot: number): Buffer {
   const b = Buffer.alloc(LEN, '.');
@@ -81,7 +82,7 @@ async function write(domain: string, token: string): Promise<void> {
   for (const h of ['primary', 'mirror'] as const) {
     if (c.persistDomain(h) !== domain) throw new Error(`the ${h} unit reports ${c.persistDomain(h)}, expected ${domain}`);
   }
-  await c.createRegion('r', RECORDS * SLOT, 0n);
+  await c.createRegion('r', 2 * RECORDS * SLOT, 0n); // the second half for timing
   const h = await c.openRegion('r');
   const want = domain === 'cpu_cache' ? 'read-after-write' : 'unit-flush';
   for (let slot = 0; slot < RECORDS; slot++) {
@@ -91,6 +92,19 @@ async function write(domain: string, token: string): Promise<void> {
     if (!ok) throw new Error(`slot ${slot}: unexpected result ${JSON.stringify(w)}`);
   }
   console.log(`METHOD ${want}`);
+  // A figure, not a check: 64-byte writes to both halves, durable (by the domain's method) and not.
+  const p50 = async (durable: boolean): Promise<number> => {
+    const us: number[] = [];
+    for (let i = 0; i < TIMED; i++) {
+      const t0 = process.hrtime.bigint();
+      await c.writeRegion(h, Buffer.alloc(LEN, i), LEN, BigInt(RECORDS * SLOT + (i % 64) * LEN), { durable });
+      us.push(Number(process.hrtime.bigint() - t0) / 1000);
+    }
+    return us.sort((x, y) => x - y)[us.length >> 1]!;
+  };
+  const plain = await p50(false);
+  const dur = await p50(true);
+  console.log(`TIMING 64 B to both halves, p50 of ${TIMED}: not durable ${plain.toFixed(0)} us, durable (${want}) ${dur.toFixed(0)} us`);
   console.log(`WRITTEN ${token}`);
   setInterval(() => undefined, 1000); // wait for the power cut
 }

@@ -47,6 +47,8 @@ for (const k of cases.filter((c) => !only || only.includes(c.persistence))) {
     t.match(first.out, new RegExp(`SYSFS region[0-9]+ persistence_domain ${k.domain}`), `the guest's nd region reads ${k.domain}`);
     t.match(first.out, new RegExp(`UNIT [0-9a-f]{32} persistDomain ${k.domain} shadow ${k.domain !== 'cpu_cache'}`), 'the unit reports it (and serves a shadow only on ADR)');
     t.match(first.out, new RegExp(`METHOD ${k.method}`), `durable writes used ${k.method}`);
+    const timing = /^TIMING .*$/m.exec(first.out);
+    if (timing) t.comment(timing[0]);
     const second = await boot(['check', token]);
     t.equal(second.code, 0, 'second boot: the volume recovered and was read', { output: second.out.slice(-3000) });
     for (const half of ['primary', 'mirror']) {
