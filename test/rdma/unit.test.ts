@@ -585,8 +585,10 @@ t.test('persistence domain: reported in hello and info, overridable on devdax on
   const { pageSize: ps, dataOffset } = u.device.superblock;
   // Shadow: a WRITE lands in DRAM only; persist-range (or persist) copies exactly its range to the device.
   const m = await mapped(u, c, [{ page: 3, pages: 1 }, { page: 1, pages: 1 }]);
-  const a = Buffer.from('persisted across the seam of pages 3 and 1');
-  const b = Buffer.from('never persisted');
+  // Unique per run: the NVDIMM image (and its data pages) outlives a run.
+  const stamp = Date.now().toString(36);
+  const a = Buffer.from(`persisted across the seam of pages 3 and 1 ${stamp}`);
+  const b = Buffer.from(`never persisted ${stamp}`);
   await rdma(m.ep, 'write', a, IOVA + BigInt(ps - 10), m.rkey);
   await rdma(m.ep, 'write', b, IOVA + BigInt(ps + 1000), m.rkey);
   const back = Buffer.alloc(a.length);
