@@ -29,13 +29,26 @@
  *   memory until evicted: `releaseBuffer(buf)` drops it at once.
  *
  * ## Durability (per region by default, per write with `{durable}`)
- * - pmem units (devdax): the WRITE then a READ of its last bytes on the same
- *   connection, both posted together; the READ completes only after the WRITE
- *   has reached the unit's persistent memory.
- * - msync units (files): after the WRITE completes, `persist-range` to the
- *   unit over its control connection; its reply means msync(MS_SYNC) is done.
- * - volatile units (tmpfs): nothing can make the data survive power loss;
- *   the result says `durable: false, durability: 'volatile'`.
+ * Each half's method follows its unit's durability and the platform's
+ * persistence domain, which the unit reports in its `hello` (`persistDomain`;
+ * a unit that does not report it counts as 'none'). The result's `methods`
+ * says which was used per half written.
+ * - pmem units on a cpu_cache (eADR) platform — `'read-after-write'`: the
+ *   WRITE then a READ of its last bytes on the same connection, both posted
+ *   together; the READ completes only after the WRITE has been placed in the
+ *   unit's memory, and on eADR a placed byte is durable.
+ * - pmem units on a memory_controller (ADR) platform, or an unknown one —
+ *   `'unit-flush'`: the same WRITE + READ (the READ proves placement: the
+ *   persist request travels over TCP, not behind the WRITE on its QP), then
+ *   `persist-range` to the unit over its control connection, which flushes
+ *   the range from the CPU caches (pmem_persist) before it replies. rxe's
+ *   responder copies with the CPU, so on ADR the bytes can sit in caches
+ *   after the READ. (librpma calls flushing on the target GPSPM.)
+ * - msync units (files) — `'msync'`: after the WRITE completes,
+ *   `persist-range`; its reply means msync(MS_SYNC) is done.
+ * - volatile units (tmpfs) — `'none'`: nothing can make the data survive
+ *   power loss; the result says `durable: false, durability: 'volatile'`.
+ * Non-durable writes are a bare WRITE: method `'none'`.
  */
 import { EventEmitter } from 'node:events';
 import { NpmuError, argRangeError, argTypeError, argValueError } from './errors';
@@ -54,6 +67,10 @@ export type ReadMode = (typeof ReadFrom)[keyof typeof ReadFrom];
 
 export type Half = 'primary' | 'mirror';
 export type Durability = 'pmem' | 'msync' | 'volatile';
+/** The platform's persistence domain a unit reports ('none' = not listed or unknown). */
+export type PersistDomain = 'cpu_cache' | 'memory_controller' | 'none';
+/** How a write was made durable on one half (see the file comment). */
+export type WriteMethod = 'read-after-write' | 'unit-flush' | 'msync' | 'none';
 const HALVES: readonly Half[] = ['primary', 'mirror'];
 const U64 = 1n << 64n;
 
@@ -165,6 +182,8 @@ export interface WriteResult {
   durable: boolean;
   /** How durability was obtained: the weakest of the halves written ('none' when not asked). */
   durability: Durability | 'none';
+  /** The method used on each half written ('none' when durability was not asked or the unit is volatile). */
+  methods: Partial<Record<Half, WriteMethod>>;
 }
 
 export interface ReadOptions {
@@ -192,6 +211,8 @@ interface UnitPath {
   scratch: MemoryRegion | null;
   usable: boolean;
   lastError: Error | null;
+  /** From the unit's hello; 'none' until then, or if the unit does not report it. */
+  persistDomain: PersistDomain;
 }
 
 interface CachedRegistration {
@@ -252,6 +273,13 @@ function checkOptions(o: unknown, what: string): Record<string, unknown> {
   return o as Record<string, unknown>;
 }
 
+/** The durable write method for a half: by its unit's durability and, for pmem, its persistence domain. */
+export function methodFor(durability: Durability, domain: PersistDomain | undefined): WriteMethod {
+  if (durability === 'msync') return 'msync';
+  if (durability === 'pmem') return domain === 'cpu_cache' ? 'read-after-write' : 'unit-flush';
+  return 'none';
+}
+
 function unavailable(half: Half | 'both', why: string, props: Record<string, unknown> = {}): NpmuError {
   const msg = half === 'both' ? `neither half is available: ${why}` : `the ${half} unit is unavailable: ${why}`;
   return new NpmuError('ERR_NPMU_HALF_UNAVAILABLE', msg, { half, ...props });
@@ -307,6 +335,7 @@ export class NpmuClient extends EventEmitter {
       staging: null,
       scratch: null,
       usable: false,
+      persistDomain: 'none',
       lastError: r.units[h].available ? null : new Error('the PMM reports this unit unavailable'),
     });
     this.#paths = { primary: path('primary'), mirror: path('mirror') };
@@ -366,7 +395,8 @@ export class NpmuClient extends EventEmitter {
       p.scratch = verbs.registerMemory(ep.pd, Buffer.alloc(64), { access });
       const ctl = await ControlConnection.connect({ host: u.host, port: u.controlPort, defaultTimeoutMs: this.#timeoutMs });
       p.ctl = ctl;
-      await ctl.request('hello', { ticket });
+      const hello = await ctl.request('hello', { ticket });
+      p.persistDomain = hello.persistDomain ?? 'none';
       ctl.on('close', () => this.#halfDown(h, new NpmuError('ERR_NPMU_DISCONNECTED', `the ${h} unit's control connection closed`)));
       p.usable = true;
     } catch (err) {
@@ -382,6 +412,11 @@ export class NpmuClient extends EventEmitter {
     p.usable = false;
     p.lastError = why;
     if (was && !this.#closed) this.emit('half-down', h, why);
+  }
+
+  /** The persistence domain the unit of a half reported in its hello ('none' if it did not, or was never reached). */
+  persistDomain(h: Half): PersistDomain {
+    return this.#paths[checkEnum(h, 'half', HALVES)].persistDomain;
   }
 
   /** Whether a half can be used for data (it may still be unmapped for a given region). */
@@ -541,14 +576,16 @@ export class NpmuClient extends EventEmitter {
       if (local.staged) this.#stagingBuf.set(new Uint8Array(view.buffer, view.byteOffset, n), local.offset);
       const items: Array<{ ep: Endpoint } & WorkRequest> = [];
       const owner: Half[] = [];
+      const methods: Partial<Record<Half, WriteMethod>> = {};
       for (const half of halves) {
         const p = this.#paths[half];
         const rh = h[half];
+        methods[half] = durable ? methodFor(rh.durability, p.persistDomain) : 'none';
         const remoteAddr = rh.baseNva + off;
         items.push({ ep: p.ep!, op: 'write', mr: local.mr(half), offset: local.offset, length: n, remoteAddr, rkey: rh.rkey });
         owner.push(half);
-        if (durable && rh.durability === 'pmem') {
-          // read-after-write: completes only once the WRITE has landed in the unit's pmem
+        if (methods[half] === 'read-after-write' || methods[half] === 'unit-flush') {
+          // read-after-write: completes only once the WRITE has been placed in the unit's memory
           const k = Math.min(8, n);
           items.push({ ep: p.ep!, op: 'read', mr: p.scratch!, offset: 0, length: k, remoteAddr: remoteAddr + BigInt(n - k), rkey: rh.rkey });
           owner.push(half);
@@ -567,7 +604,7 @@ export class NpmuClient extends EventEmitter {
         durability = modes.includes('volatile') ? 'volatile' : modes.includes('msync') ? 'msync' : 'pmem';
         await Promise.all(
           halves.map(async (x) => {
-            if (h[x].durability !== 'msync') return;
+            if (methods[x] !== 'msync' && methods[x] !== 'unit-flush') return;
             try {
               await this.#paths[x].ctl!.request('persist-range', { sessionId: this.sessionId, mapId: h[x].mapId, offset: Number(off), length: n });
             } catch (e) {
@@ -578,7 +615,7 @@ export class NpmuClient extends EventEmitter {
         );
         isDurable = durability !== 'volatile';
       }
-      return { bytes: n, halves, durable: isDurable, durability };
+      return { bytes: n, halves, durable: isDurable, durability, methods };
     } finally {
       this.#inflight--;
       local.release();

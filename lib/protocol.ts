@@ -310,6 +310,14 @@ const port = () => S.uint({ min: 1, max: 65535 });
 const u32 = () => S.uint({ max: 0xffffffff });
 const ticket = () => S.bytes(64, 1);
 const durability = () => S.enum('pmem', 'msync', 'volatile');
+/**
+ * The platform's persistence domain of a unit's device (its nd region's
+ * persistence_domain): cpu_cache = eADR, a placed byte is durable;
+ * memory_controller = ADR, bytes must be flushed from the CPU caches;
+ * none = not listed / unknown / not pmem. Optional in replies: a unit that
+ * does not report it is treated as 'none' (flush on the unit).
+ */
+const persistDomain = () => S.enum('cpu_cache', 'memory_controller', 'none');
 /** How a persist was done: cache flush (pmem), msync, or nothing (the device is volatile). */
 const persistMethod = () => S.enum('pmem', 'msync', 'none');
 const unitAddress = () =>
@@ -387,6 +395,8 @@ export const MESSAGES = {
       epoch: S.uint(),
       /** that PMM's id (all zero with epoch 0) */
       holder: hex32(),
+      /** the platform's persistence domain; absent from older units (= 'none') */
+      persistDomain: S.optional(persistDomain()),
     }),
   },
   /**
@@ -414,6 +424,10 @@ export const MESSAGES = {
       /** as last set by the PMM (set-usage) */
       usedPages: S.uint(),
       durability: durability(),
+      /** the platform's persistence domain; absent from older units (= 'none') */
+      persistDomain: S.optional(persistDomain()),
+      /** true when the unit serves RDMA from a DRAM shadow (test-only shadow mode) */
+      shadow: S.optional(S.bool()),
       connections: S.array(
         S.object({ sessionId: S.u64(), remoteAddress: S.string(64), mappings: S.uint() }),
         MAX_LIST,

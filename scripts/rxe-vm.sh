@@ -19,6 +19,12 @@ options:
                       repeatable. The guest sees it as devdax, listed in
                       NPMU_DAX_DEVICES in the order given. Its devdax
                       namespace has 4 KiB alignment (recreated if not)
+  --nvdimm-persistence cpu|mem-ctrl
+                      the platform's persistence domain for the NVDIMMs (qemu
+                      -machine nvdimm-persistence=): cpu = eADR, the guest's
+                      region persistence_domain reads cpu_cache; mem-ctrl =
+                      ADR, it reads memory_controller. Default: not set, the
+                      guest has no persistence_domain (units report 'none')
   --disk FILE:SIZE    add a virtio-blk disk backed by the raw host FILE
                       (created sparse if missing; SIZE like 64M); repeatable.
                       cache=none (O_DIRECT on the host): what the guest
@@ -44,12 +50,15 @@ EOF
 
 die() { echo "rxe-vm: $*" >&2; exit 125; }
 
-timeout=1800 mem=2G cpus=2 pidfile=
+timeout=1800 mem=2G cpus=2 pidfile= persistence=
 nvdimms=() disks=() pass_env=()
 while (($#)); do
   case $1 in
     --nvdimm) [[ ${2:-} == ?*:?* ]] || die "--nvdimm needs FILE:SIZE"; nvdimms+=("$2"); shift 2 ;;
     --disk) [[ ${2:-} == ?*:?* ]] || die "--disk needs FILE:SIZE"; disks+=("$2"); shift 2 ;;
+    --nvdimm-persistence)
+      [[ ${2:-} == cpu || ${2:-} == mem-ctrl ]] || die "--nvdimm-persistence needs cpu or mem-ctrl"
+      persistence=$2; shift 2 ;;
     --timeout) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--timeout needs seconds"; timeout=$2; shift 2 ;;
     --pidfile) [[ -n ${2:-} ]] || die "--pidfile needs a file"; pidfile=$2; shift 2 ;;
     --mem) [[ -n ${2:-} ]] || die "--mem needs a size"; mem=$2; shift 2 ;;
@@ -62,6 +71,7 @@ while (($#)); do
   esac
 done
 (($#)) || { usage >&2; die "no command given"; }
+[[ -z $persistence || ${#nvdimms[@]} -gt 0 ]] || die "--nvdimm-persistence needs at least one --nvdimm"
 
 proj=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cache=$proj/.cache/vm
@@ -108,7 +118,7 @@ if ((${#nvdimms[@]})); then
   done
   # The NVDIMMs live in the hot-plug area; leave 1 GiB of slack for alignment.
   # shellcheck disable=SC2054 # commas belong to qemu's option syntax
-  machine=(-machine pc,nvdimm=on -m "${mem_mib}M,slots=${#nvdimms[@]},maxmem=$((mem_mib + total + 1024))M")
+  machine=(-machine "pc,nvdimm=on${persistence:+,nvdimm-persistence=$persistence}" -m "${mem_mib}M,slots=${#nvdimms[@]},maxmem=$((mem_mib + total + 1024))M")
 fi
 
 # Disks: virtio-blk with a serial naming its place on the command line, so

@@ -6,7 +6,8 @@
 #      files sharing ONE boot and ONE node process (JS is ~25x slower under TCG);
 #   3. the power-cut tests, which need the VM's emulated NVDIMMs (or its
 #      virtio disk, for a file-backed unit on ext4): write, kill -9 qemu, boot
-#      again, check.
+#      again, check (among them one per persistence domain, with the units in
+#      test-only shadow mode so a missing flush loses data).
 # No RDMA test is ever skipped: if neither a device nor the VM can run them,
 # this fails. The last line is "N passed, N failed".
 set -euo pipefail
@@ -68,6 +69,11 @@ echo "== unit power-cut test (devdax unit: metadata + RDMA data persisted, kill 
 node dist/test/powercut/unit-run.js >"$log/powercut-unit.tap" 2>&1 || status=1
 show "$log/powercut-unit.tap"
 count "$log/powercut-unit.tap"
+
+echo "== persistence-domain power-cut test (mem-ctrl + shadow: only unit-flushed bytes survive; cpu: read-after-write survives)"
+node dist/test/powercut/domain-run.js >"$log/domain-powercut.tap" 2>&1 || status=1
+show "$log/domain-powercut.tap"
+count "$log/domain-powercut.tap"
 
 echo "== PMM power-cut test (two NVDIMMs, kill -9 during a create/write/delete burst, boot again)"
 node dist/test/powercut/pmm-run.js >"$log/pmm-powercut.tap" 2>&1 || status=1

@@ -17,6 +17,7 @@
  * - `ERR_NPMU_DEVICE_TOO_SMALL` (layout.ts) at format time.
  * - `ERR_NPMU_BAD_EXTENT`: an extent outside the data pages.
  * - `ERR_NPMU_BAD_RANGE`: a metadata or persist range outside its area.
+ * - `ERR_NPMU_READ_ONLY`: a write to a device opened read-only.
  * - `ERR_NPMU_CLOSED`: the device was closed.
  * - `ERR_NPMU_PERSIST_FAILED`: writing a range back to an ordinary file made
  *   no progress (a write of 0 bytes).
@@ -65,6 +66,56 @@ export interface OpenOptions {
   readOnly?: boolean;
 }
 
+/**
+ * The platform's persistence domain for a device, as the kernel's nd region
+ * reports it: `cpu_cache` (eADR: CPU caches are persistent, a byte placed by
+ * the RDMA responder is durable), `memory_controller` (ADR: bytes must be
+ * flushed out of the CPU caches, pmem_persist), `none` (not listed, unknown,
+ * or not persistent memory at all).
+ */
+export type PersistDomain = 'cpu_cache' | 'memory_controller' | 'none';
+export const PERSIST_DOMAINS: readonly PersistDomain[] = ['cpu_cache', 'memory_controller', 'none'];
+
+/**
+ * The persistence domain of a devdax device from sysfs: the character
+ * device's node (/sys/dev/char/MAJ:MIN, else /sys/bus/dax/devices/daxN.M)
+ * resolves to a path under its nd region (…/ndbusX/regionY/daxY.Z/daxY.Z),
+ * whose `persistence_domain` file names the domain. Anything else — not a
+ * devdax device, no region found, the file absent or empty — is 'none'.
+ * `sysfs` is for tests.
+ */
+export function persistDomainOf(devicePath: string, sysfs = '/sys'): PersistDomain {
+  let dir: string | undefined;
+  try {
+    const st = fs.statSync(devicePath, { bigint: true });
+    if (!st.isCharacterDevice()) return 'none';
+    const r = st.rdev; // glibc's dev_t encoding (major/minor split across the word)
+    const major = ((r >> 8n) & 0xfffn) | ((r >> 32n) & ~0xfffn);
+    const minor = (r & 0xffn) | ((r >> 12n) & ~0xffn);
+    for (const p of [`${sysfs}/dev/char/${major}:${minor}`, `${sysfs}/bus/dax/devices/${devicePath.split('/').pop()}`]) {
+      try {
+        dir = fs.realpathSync(p);
+        break;
+      } catch {
+        // try the next
+      }
+    }
+  } catch {
+    return 'none';
+  }
+  for (let d = dir; d && d !== '/' && d.startsWith(sysfs); d = d.slice(0, d.lastIndexOf('/'))) {
+    if (!/\/region[0-9]+$/.test(d)) continue;
+    let v = '';
+    try {
+      v = fs.readFileSync(`${d}/persistence_domain`, 'utf8').trim();
+    } catch {
+      return 'none';
+    }
+    return v === 'cpu_cache' || v === 'memory_controller' ? v : 'none';
+  }
+  return 'none';
+}
+
 /** What the device can promise for persisted bytes, from the kind of mapping (never from the superblock). */
 export function durabilityOf(kind: MappingKind): Durability {
   return kind === 'devdax' ? 'pmem' : kind === 'tmpfs' ? 'volatile' : 'msync';
@@ -83,6 +134,8 @@ export class UnitDevice {
   readonly kind: MappingKind;
   /** pmem (devdax), msync (ordinary file), volatile (tmpfs). */
   readonly durability: Durability;
+  /** The platform's persistence domain from sysfs (devdax); 'none' for files (tmpfs: volatile; ordinary files: msync is their flush). */
+  readonly persistDomain: PersistDomain;
   readonly readOnly: boolean;
   /** True when this open formatted the device. */
   readonly formatted: boolean;
@@ -99,6 +152,7 @@ export class UnitDevice {
     this.#fd = fd;
     this.kind = map.kind;
     this.durability = durabilityOf(map.kind);
+    this.persistDomain = map.kind === 'devdax' ? persistDomainOf(path) : 'none';
     this.readOnly = readOnly;
     this.formatted = formatted;
     this.#view = Buffer.from(map.buffer());
@@ -343,12 +397,14 @@ export class UnitDevice {
 
   /**
    * Persists `length` bytes from `offset` bytes into data page `page` (may span pages).
+   * With `source` (shadow mode: a buffer laid out like the device), the bytes
+   * are first copied from it into the device.
    * @returns how: 'pmem' (cache flush) or 'msync' (an ordinary file: written
    *   back through the file descriptor, then fdatasync). On tmpfs 'msync' is
    *   all there is: the device is volatile across power loss, which
    *   `durability` says.
    */
-  persistData(page: number, offset: number, length: number): 'pmem' | 'msync' {
+  persistData(page: number, offset: number, length: number, source?: Uint8Array): 'pmem' | 'msync' {
     this.#check(false);
     const { dataOffset, dataPages, pageSize } = this.#sb;
     const area = dataPages * pageSize;
@@ -356,7 +412,38 @@ export class UnitDevice {
     if (!isUint(start) || !isUint(length) || length === 0 || start + length > area) {
       throw badRange(`data pages (page ${page}, offset ${offset})`, Number.isFinite(start) ? start : 0, Number(length), area);
     }
-    return this.#persist([{ offset: dataOffset + start, length }]);
+    return this.persistDeviceRange(dataOffset + start, length, source);
+  }
+
+  /**
+   * Persists device bytes [offset, offset + length), which must lie in the
+   * data pages (offsets are the device's, as in {@link extentRanges}); with
+   * `source` (shadow mode), copies them from it first.
+   */
+  persistDeviceRange(offset: number, length: number, source?: Uint8Array): 'pmem' | 'msync' {
+    this.#dataRange(offset, length);
+    if (source) {
+      this.#check(true);
+      this.#view.set(source.subarray(offset, offset + length), offset);
+    } else {
+      this.#check(false);
+    }
+    return this.#persist([{ offset, length }]);
+  }
+
+  /** Copies device bytes [offset, offset + length) of the data pages into `target` at the same offsets (fills a shadow). */
+  copyDataTo(target: Uint8Array, offset: number, length: number): void {
+    this.#check(false);
+    this.#dataRange(offset, length);
+    target.set(this.#view.subarray(offset, offset + length), offset);
+  }
+
+  #dataRange(offset: number, length: number): void {
+    const { dataOffset, dataPages, pageSize } = this.#sb;
+    const end = dataOffset + dataPages * pageSize;
+    if (!isUint(offset) || !isUint(length) || length === 0 || offset < dataOffset || offset + length > end) {
+      throw badRange('data pages (device offsets)', Number(offset), Number(length), end);
+    }
   }
 
   /**

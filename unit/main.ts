@@ -15,7 +15,8 @@ import { parseArgs } from 'node:util';
 import { ControlConnection } from '../lib/protocol';
 import { NpmuError } from '../lib/errors';
 import { issueTicket, loadOrCreateKey } from '../lib/ticket';
-import { UnitDevice } from './device';
+import { PERSIST_DOMAINS, UnitDevice } from './device';
+import type { PersistDomain } from './device';
 import { UnitServer } from './server';
 
 const USAGE = `usage:
@@ -31,6 +32,11 @@ const USAGE = `usage:
       --control-port N     TCP control port, 0 = any (default 0)
       --rdma-device NAME   RDMA device (default: the first ACTIVE one)
       --key-file FILE      key shared with the PMM (64 hex digits, mode 0600; created if missing)
+      --persist-domain D   the platform's persistence domain, cpu_cache | memory_controller | none,
+                           overriding sysfs (devdax only; default: the nd region's persistence_domain)
+      --shadow             TEST-ONLY: serve RDMA from a DRAM shadow of the data pages and write a
+                           range to the device only when it is persisted (devdax only; ignored
+                           on cpu_cache). Unflushed bytes are lost on a power cut or a restart
       --json               print the ready line as JSON
       --quiet              no diagnostics on stderr
   npmu-unit format --device PATH [--create-size SIZE] [--label TEXT] [--meta-length SIZE] [--force] [--json]
@@ -52,6 +58,8 @@ const OPTIONS = {
   'control-port': { type: 'string' },
   'rdma-device': { type: 'string' },
   'key-file': { type: 'string' },
+  'persist-domain': { type: 'string' },
+  shadow: { type: 'boolean' },
   json: { type: 'boolean' },
   quiet: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
@@ -95,10 +103,24 @@ async function serveCommand(v: Values): Promise<void> {
   const key = loadOrCreateKey(need(v['key-file'], 'key-file'));
   const rdmaPort = parsePort(v['rdma-port'], 'rdma-port');
   const controlPort = parsePort(v['control-port'], 'control-port');
+  const persistDomain = v['persist-domain'];
+  if (persistDomain !== undefined && !(PERSIST_DOMAINS as readonly string[]).includes(persistDomain)) {
+    throw new UsageError(`--persist-domain: must be one of ${PERSIST_DOMAINS.join(', ')}, not ${persistDomain}`);
+  }
   const device = openDevice(v, v.format === true);
   let server: UnitServer;
   try {
-    server = await UnitServer.start({ device, key, host, rdmaPort, controlPort, rdmaDevice: v['rdma-device'], log });
+    server = await UnitServer.start({
+      device,
+      key,
+      host,
+      rdmaPort,
+      controlPort,
+      rdmaDevice: v['rdma-device'],
+      log,
+      persistDomain: persistDomain as PersistDomain | undefined,
+      shadow: v.shadow,
+    });
   } catch (err) {
     device.close();
     throw err;
@@ -130,6 +152,8 @@ async function serveCommand(v: Values): Promise<void> {
     device: device.path,
     kind: device.kind,
     durability: server.durability,
+    persistDomain: server.persistDomain,
+    shadow: server.shadow,
     capacity: device.capacity,
     pageSize: device.pageSize,
     dataPages: device.dataPages,
@@ -140,7 +164,7 @@ async function serveCommand(v: Values): Promise<void> {
   else {
     console.log(
       `npmu-unit ready unitId=${ready.unitId} host=${host} rdmaPort=${ready.rdmaPort} controlPort=${ready.controlPort} ` +
-        `durability=${ready.durability} pageSize=${ready.pageSize} dataPages=${ready.dataPages} formatted=${ready.formatted} pid=${ready.pid}`,
+        `durability=${ready.durability} persistDomain=${ready.persistDomain}${ready.shadow ? ' shadow=true' : ''} pageSize=${ready.pageSize} dataPages=${ready.dataPages} formatted=${ready.formatted} pid=${ready.pid}`,
     );
   }
 }
@@ -151,6 +175,7 @@ function describeDevice(d: UnitDevice): Record<string, unknown> {
     device: d.path,
     kind: d.kind,
     durability: d.durability,
+    persistDomain: d.persistDomain,
     unitId: sb.unitId,
     label: sb.label,
     layoutVersion: sb.layoutVersion,

@@ -23,6 +23,16 @@
  * (disconnect, or the client dies) loses all its mappings. A restarted unit
  * has none until the PMM programs it again.
  *
+ * Persistence domain: the unit reports its platform's persistence domain
+ * (`persistDomain` in `hello` and `info`): from sysfs for devdax (the nd
+ * region's persistence_domain), 'none' for files; the `persistDomain`
+ * option overrides it where sysfs is silent. Clients choose their durable
+ * write method by it (lib/client.ts). The `shadow` option (TEST-ONLY,
+ * unit/shadow.ts) serves RDMA from a DRAM shadow of the data pages and writes
+ * a range to the device only when it is persisted; on a cpu_cache platform
+ * the responder's placement is the persistence point, which a user-space
+ * unit cannot observe, so there the unit serves the device even with `shadow`.
+ *
  * Error codes replied (besides the protocol's and the device's):
  * `ERR_NPMU_UNAUTHENTICATED`, `ERR_NPMU_ALREADY_AUTHENTICATED`,
  * `ERR_NPMU_FORBIDDEN` (a client ticket asking for a PMM request, or for
@@ -44,7 +54,9 @@ import { MAX_LIST, decodeBytes, parseU64, serve, typesServedBy } from '../lib/pr
 import type { MessageType, ReplyInput, Request, RequestBody, ServerConnection } from '../lib/protocol';
 import { KEY_SIZE, TICKET_SIZE, verifyTicket } from '../lib/ticket';
 import type { TicketKind } from '../lib/ticket';
-import type { UnitDevice } from './device';
+import { PERSIST_DOMAINS } from './device';
+import type { PersistDomain, UnitDevice } from './device';
+import { DataShadow } from './shadow';
 import type { Durability } from './layout';
 
 export interface UnitServerOptions {
@@ -64,6 +76,19 @@ export interface UnitServerOptions {
   helloTimeoutMs?: number;
   /** Clock skew tolerated on ticket expiry. Default 5 s. */
   ticketLeewaySec?: number;
+  /**
+   * The platform's persistence domain, overriding what sysfs says (devdax
+   * only; for platforms whose sysfs is silent). Default: the device's.
+   */
+  persistDomain?: PersistDomain;
+  /**
+   * TEST-ONLY shadow mode (unit/shadow.ts): serve RDMA from a DRAM shadow of
+   * the data pages, copy to the device only on persist. devdax only; ignored
+   * (the device is served) when the persistence domain is cpu_cache.
+   */
+  shadow?: boolean;
+  /** Directory of the shadow file. Default /dev/shm, else the temp dir. */
+  shadowDir?: string;
   /** Diagnostics (admissions, rejections, teardowns). Default: none. */
   log?: (line: string) => void;
 }
@@ -71,7 +96,7 @@ export interface UnitServerOptions {
 interface UnitMapping {
   mapId: string;
   mapping: Mapping;
-  /** The device byte ranges the mapping is made of, in order. */
+  /** The device byte ranges the mapping is made of, in order (persist-range goes through them). */
   ranges: Extent[];
   mr: MemoryRegion;
   access: 'ro' | 'rw';
@@ -91,7 +116,7 @@ interface Session {
 }
 
 /** What `info` returns (the protocol's info reply). */
-export type UnitInfo = ReplyInput<'info'> & { durability: Durability };
+export type UnitInfo = ReplyInput<'info'> & { durability: Durability; persistDomain: PersistDomain; shadow: boolean };
 
 type Peer = { kind: TicketKind; sessionId: string; /** the fencing epoch this connection claimed */ epoch?: number };
 
@@ -111,6 +136,9 @@ export class UnitServer extends EventEmitter {
   readonly device: UnitDevice;
   readonly host: string;
   readonly unitId: string;
+  /** The platform's persistence domain the unit reports (option, else sysfs). */
+  readonly persistDomain: PersistDomain;
+  #shadow: DataShadow | undefined;
   #key: Buffer;
   #ctx: Context;
   #listener: Listener;
@@ -121,10 +149,12 @@ export class UnitServer extends EventEmitter {
   #usedPages = 0;
   #closing: Promise<void> | undefined;
 
-  private constructor(opts: UnitServerOptions, ctx: Context, listener: Listener, tcp: net.Server) {
+  private constructor(opts: UnitServerOptions, ctx: Context, listener: Listener, tcp: net.Server, shadow: DataShadow | undefined) {
     super();
     this.#opts = opts;
     this.device = opts.device;
+    this.persistDomain = opts.persistDomain ?? opts.device.persistDomain;
+    this.#shadow = shadow;
     this.unitId = opts.device.unitId;
     this.host = opts.host;
     this.#key = Buffer.from(opts.key);
@@ -147,11 +177,27 @@ export class UnitServer extends EventEmitter {
       const p = opts[k];
       if (p !== undefined && (!Number.isSafeInteger(p) || p < 0 || p > 65535)) throw argValueError(k, 'must be a port number (0 = any)', p);
     }
+    if (opts.persistDomain !== undefined) {
+      if (!PERSIST_DOMAINS.includes(opts.persistDomain)) {
+        throw argValueError('persistDomain', `must be one of ${PERSIST_DOMAINS.map((d) => `'${d}'`).join(', ')}`, opts.persistDomain);
+      }
+      if (device.kind !== 'devdax') throw argValueError('persistDomain', `applies to devdax devices only, not a ${device.kind} device`, opts.persistDomain);
+    }
+    if (opts.shadow !== undefined && typeof opts.shadow !== 'boolean') throw argTypeError('shadow', 'of type boolean', opts.shadow);
+    if (opts.shadow && device.kind !== 'devdax') throw argValueError('shadow', `applies to devdax devices only, not a ${device.kind} device`, opts.shadow);
+    if (opts.shadowDir !== undefined && (typeof opts.shadowDir !== 'string' || opts.shadowDir === '')) throw argTypeError('shadowDir', 'a non-empty string', opts.shadowDir);
+    const domain = opts.persistDomain ?? device.persistDomain;
+    if (opts.shadow && domain === 'cpu_cache') opts.log?.('shadow: not used on a cpu_cache platform (placement is persistence): serving the device');
     const name = opts.rdmaDevice ?? firstActiveDevice();
     if (!name) throw new NpmuError('ERR_NPMU_NO_DEVICE', 'no ACTIVE RDMA device: a unit needs one (rxe or a real RNIC)');
     const ctx = openContext(name);
     let listener: Listener | undefined;
+    let shadow: DataShadow | undefined;
     try {
+      if (opts.shadow && domain !== 'cpu_cache') {
+        shadow = DataShadow.create(device, opts.shadowDir);
+        opts.log?.(`shadow: TEST-ONLY, data pages served from ${shadow.path}, written to the device on persist`);
+      }
       listener = listen({ host, port: opts.rdmaPort ?? 0 });
       const tcp = net.createServer();
       await new Promise<void>((resolve, reject) => {
@@ -162,9 +208,10 @@ export class UnitServer extends EventEmitter {
         });
       });
       tcp.on('error', (err) => opts.log?.(`control listener error: ${err.message}`));
-      return new UnitServer(opts, ctx, listener, tcp);
+      return new UnitServer(opts, ctx, listener, tcp, shadow);
     } catch (err) {
       listener?.close();
+      shadow?.close();
       ctx.close();
       throw err;
     }
@@ -180,6 +227,11 @@ export class UnitServer extends EventEmitter {
 
   get durability(): Durability {
     return this.device.durability;
+  }
+
+  /** True when RDMA is served from a DRAM shadow (test-only shadow mode, and not cpu_cache). */
+  get shadow(): boolean {
+    return this.#shadow !== undefined;
   }
 
   #log(line: string): void {
@@ -358,6 +410,7 @@ export class UnitServer extends EventEmitter {
         rdmaPort: this.rdmaPort,
         epoch: sb.epoch,
         holder: sb.holder,
+        persistDomain: this.persistDomain,
       } satisfies ReplyInput<'hello'>;
     }
     if (!peer) {
@@ -398,7 +451,7 @@ export class UnitServer extends EventEmitter {
         this.unmap(msg.sessionId, msg.mapId);
         return {};
       case 'persist':
-        return { method: this.device.persistData(msg.page, msg.offset, msg.length) };
+        return { method: this.device.persistData(msg.page, msg.offset, msg.length, this.#shadow?.view) };
       case 'persist-range':
         if (peer.kind === 'client' && peer.sessionId !== msg.sessionId) {
           throw new NpmuError('ERR_NPMU_FORBIDDEN', `this connection's ticket is for session ${peer.sessionId}, not ${msg.sessionId}`);
@@ -486,7 +539,8 @@ export class UnitServer extends EventEmitter {
     }
     const access =
       req.access === 'rw' ? Access.LOCAL_WRITE | Access.REMOTE_READ | Access.REMOTE_WRITE | Access.REMOTE_ATOMIC : Access.REMOTE_READ;
-    const mapping = mapExtents(this.device.path, ranges);
+    this.#shadow?.fill(ranges);
+    const mapping = mapExtents(this.#shadow?.path ?? this.device.path, ranges);
     let mr: MemoryRegion;
     try {
       mr = registerMemory(s.pd, mapping, { iova, access });
@@ -516,6 +570,18 @@ export class UnitServer extends EventEmitter {
     if (offset + length > m.mapping.length) {
       throw new NpmuError('ERR_NPMU_BAD_RANGE', `[${offset}, ${offset + length}) is outside mapping ${mapId} of ${m.mapping.length} bytes`);
     }
+    // Shadow mode: copy the mapping's bytes through its extents to the device, then persist there.
+    if (this.#shadow) {
+      let method: 'pmem' | 'msync' = 'pmem';
+      let at = 0;
+      for (const r of m.ranges) {
+        const from = Math.max(offset, at);
+        const to = Math.min(offset + length, at + r.length);
+        if (from < to) method = this.device.persistDeviceRange(r.offset + (from - at), to - from, this.#shadow.view);
+        at += r.length;
+      }
+      return method;
+    }
     // An ordinary file is written back through the device's file descriptor
     // (msync would miss RDMA-written bytes in pages writeback already cleaned).
     if (this.device.kind === 'file') return this.device.persistMapped(m.ranges, offset, length);
@@ -541,6 +607,8 @@ export class UnitServer extends EventEmitter {
       dataPages: sb.dataPages,
       usedPages: this.#usedPages,
       durability: this.durability,
+      persistDomain: this.persistDomain,
+      shadow: this.shadow,
       connections,
       mappings: connections.reduce((n, c) => n + c.mappings, 0),
     };
@@ -576,6 +644,7 @@ export class UnitServer extends EventEmitter {
         this.#log(`context close: ${(err as Error).message}`);
       }
       this.device.close();
+      this.#shadow?.close();
     })();
     return this.#closing;
   }

@@ -20,6 +20,8 @@ export interface BootOptions {
   /** virtio-blk disks as FILE:SIZE, in order (NPMU_DISKS: /dev/vda, …) */
   disks?: string[];
   timeoutSec: number;
+  /** the platform's persistence domain (rxe-vm.sh --nvdimm-persistence); default: not set */
+  persistence?: 'cpu' | 'mem-ctrl';
   onLine?: (line: string, cut: () => void) => void;
 }
 
@@ -27,6 +29,7 @@ export function boot(o: BootOptions): Promise<{ code: number | null; out: string
   fs.mkdirSync(cacheDir, { recursive: true });
   const pidfile = path.join(cacheDir, `${path.basename(o.guest, '.js')}.pid`);
   const nv = [...o.nvdimms.flatMap((f) => ['--nvdimm', `${f}:256M`]), ...(o.disks ?? []).flatMap((d) => ['--disk', d])];
+  if (o.persistence) nv.push('--nvdimm-persistence', o.persistence);
   const vm = path.join(root, 'scripts', 'rxe-vm.sh');
   const guest = path.join(root, 'dist', 'test', 'powercut', o.guest);
   return new Promise((resolve, reject) => {

@@ -19,6 +19,7 @@ import {
   UnitAddress,
   client,
   newSession,
+  peek,
   pmm,
   randomKey,
   rejectReason,
@@ -601,6 +602,56 @@ t.test('devdax unit: pages of the device alignment (4 KiB), pmem durability, tra
     pageSize: align,
     live: { unitId: u.unitId, durability: 'pmem', mappings: 0, connections: [] },
   });
+});
+
+t.test('persistence domain: reported in hello and info, overridable on devdax only; test-only shadow mode', { ...SLOW, skip: dax ? false : 'no devdax device' }, async (t) => {
+  // A tmpfs unit reports 'none' and refuses both devdax-only options with a clear error.
+  const hc = await ControlConnection.connect({ host: unit.host, port: unit.controlPort });
+  const hello = await hc.request('hello', { ticket: ticket(key, addressOf(unit), 'control') });
+  hc.close();
+  t.equal(hello.persistDomain, 'none', 'a tmpfs unit: none');
+  t.match((await ctl.request('info', {})), { persistDomain: 'none', shadow: false });
+  const tmp = UnitDevice.open(`${shmPath}-pd`, { create: { size: 4 * MiB }, format: {} });
+  t.teardown(() => fs.rmSync(`${shmPath}-pd`, { force: true }));
+  for (const bad of [{ persistDomain: 'cpu_cache' as const }, { shadow: true }, { persistDomain: 'eadr' as never }]) {
+    await t.rejects(UnitServer.start({ device: tmp, key, host: rdmaAddress(), rdmaDevice: deviceName(), ...bad }), { code: 'ERR_INVALID_ARG_VALUE' }, JSON.stringify(bad));
+  }
+  tmp.close();
+
+  // devdax: sysfs says what it says here (rxe-vm.sh without --nvdimm-persistence: none); the override wins.
+  const dev = UnitDevice.open(dax!, { format: { label: 'shadow' }, force: true });
+  const sysfs = dev.persistDomain;
+  t.ok(['cpu_cache', 'memory_controller', 'none'].includes(sysfs), `sysfs: ${sysfs}`);
+  const u = await UnitServer.start({ device: dev, key, host: rdmaAddress(), rdmaDevice: deviceName(), persistDomain: 'memory_controller', shadow: true, log: (l) => logs.push(l) });
+  t.teardown(() => u.close());
+  const c = await pmm(key, addressOf(u));
+  t.match(await c.request('info', {}), { persistDomain: 'memory_controller', shadow: true, durability: 'pmem' });
+  const { pageSize: ps, dataOffset } = u.device.superblock;
+  // Shadow: a WRITE lands in DRAM only; persist-range (or persist) copies exactly its range to the device.
+  const m = await mapped(u, c, [{ page: 3, pages: 1 }, { page: 1, pages: 1 }]);
+  // Unique per run: the NVDIMM image (and its data pages) outlives a run.
+  const stamp = Date.now().toString(36);
+  const a = Buffer.from(`persisted across the seam of pages 3 and 1 ${stamp}`);
+  const b = Buffer.from(`never persisted ${stamp}`);
+  await rdma(m.ep, 'write', a, IOVA + BigInt(ps - 10), m.rkey);
+  await rdma(m.ep, 'write', b, IOVA + BigInt(ps + 1000), m.rkey);
+  const back = Buffer.alloc(a.length);
+  await rdma(m.ep, 'read', back, IOVA + BigInt(ps - 10), m.rkey);
+  t.same(back, a, 'RDMA reads the shadow');
+  const onDevice = (off: number, n: number): Buffer => peek(dax!, off, n);
+  const at3 = dataOffset + 3 * ps + ps - 10;
+  const at1 = dataOffset + 1 * ps;
+  t.not(onDevice(at3, 10).toString(), a.subarray(0, 10).toString(), 'not on the device before persist-range');
+  const cc = await ControlConnection.connect({ host: u.host, port: u.controlPort });
+  await cc.request('hello', { ticket: ticket(key, addressOf(u), 'client', m.sid) });
+  t.equal((await cc.request('persist-range', { sessionId: m.sid.toString(), mapId: '1', offset: ps - 10, length: a.length })).method, 'pmem');
+  t.equal(onDevice(at3, 10).toString() + onDevice(at1, a.length - 10).toString(), a.toString(), 'persist-range copied the range through both extents');
+  t.not(onDevice(at1 + 1000, b.length).toString(), b.toString(), 'an unpersisted write is not on the device');
+  t.equal((await c.request('persist', { page: 1, offset: 1000, length: b.length })).method, 'pmem');
+  t.equal(onDevice(at1 + 1000, b.length).toString(), b.toString(), 'persist (page, offset) copied it');
+  cc.close();
+  await m.ep.close();
+  c.close();
 });
 
 t.test('kill -9 and restart of the unit daemon (devdax)', { ...SLOW, skip: dax ? false : 'no devdax device' }, async (t) => {
