@@ -2,7 +2,8 @@
  * Inside the VM for powercut/pmm-run.ts. Two units on the emulated NVDIMMs,
  * a PMM and a client, all in this process (the power cut takes them all).
  *
- *   burst SEED    format both units, create volume "pc", then create / write /
+ *   burst SEED [shadow]
+ *                 format both units (with shadow: in test-only shadow mode), create volume "pc", then create / write /
  *                 delete regions at random forever (replayable from SEED),
  *                 handing the volume to a new PMM now and then (it fences the
  *                 one before: the cut may land in a takeover), printing what
@@ -32,13 +33,13 @@ const SECRET = 'powercut';
 const clients = new ClientRegistry({ entries: parseClients(clientLine('pc', SECRET, { logN: 4 })) });
 const SLOT = 64;
 
-async function units(format: boolean): Promise<UnitServer[]> {
+async function units(format: boolean, shadow = false): Promise<UnitServer[]> {
   const devs = daxDevices();
   if (devs.length < 2) throw new Error('need two NVDIMMs (NPMU_DAX_DEVICES)');
   const out: UnitServer[] = [];
   for (const d of devs.slice(0, 2)) {
     const device = UnitDevice.open(d, format ? { format: { label: 'powercut' }, force: true } : {});
-    out.push(await UnitServer.start({ device, key: KEY, host: rdmaAddress(), rdmaDevice: deviceName() }));
+    out.push(await UnitServer.start({ device, key: KEY, host: rdmaAddress(), rdmaDevice: deviceName(), shadow }));
   }
   return out;
 }
@@ -65,9 +66,11 @@ export function prng(seed: number): () => number {
   };
 }
 
-async function burst(seed: number): Promise<void> {
+async function burst(seed: number, shadow: boolean): Promise<void> {
   const random = prng(seed);
-  const u = await units(true);
+  // shadow (on an ADR platform): the units serve RDMA from DRAM and copy to the NVDIMM only what is
+  // persisted, so a flush missing anywhere (client writes, the PMM's zeroing) loses data at the cut.
+  const u = await units(true, shadow);
   let pmm = await pmmOn(u);
   const admin = await ControlConnection.connect({ host: rdmaAddress(), port: pmm.port });
   await admin.request('create-volume', {
@@ -187,7 +190,7 @@ async function check(logFile: string): Promise<void> {
 
 if (require.main === module) {
   const [mode, arg] = process.argv.slice(2);
-  (mode === 'burst' ? burst(Number(arg ?? 1)) : mode === 'check' ? check(arg!) : Promise.reject(new Error('usage: pmm-guest.js burst SEED | check LOGFILE'))).catch((e) => {
+  (mode === 'burst' ? burst(Number(arg ?? 1), process.argv[4] === 'shadow') : mode === 'check' ? check(arg!) : Promise.reject(new Error('usage: pmm-guest.js burst SEED | check LOGFILE'))).catch((e) => {
     console.error(e);
     process.exit(1);
   });
