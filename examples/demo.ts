@@ -212,10 +212,7 @@ async function main(): Promise<void> {
   const primary2 = await daemon('unit/main.js', unitArgs(devices[0]!, false, units[0])); // same ports: the PMM knows this address
   daemons.push(primary2);
   units[0] = primary2.ready as (typeof units)[number];
-  for (let i = 0; i < 100 && !(await alice.volumeStatus()).primary.available && (await alice.volumeStatus()).primary.sync !== 'stale'; i++) {
-    await new Promise((res) => setTimeout(res, 200));
-  }
-  await new Promise((res) => setTimeout(res, 500));
+  for (let i = 0; i < 100 && !(await alice.volumeStatus()).primary.available; i++) await new Promise((res) => setTimeout(res, 200));
   say(volumeStatusText(await alice.volumeStatus()).replace(/^/gm, '  '));
   await alice.closeRegion(h); // a full-copy resync needs every region closed
   say(`  $ npmu volume resync demo --pmm ${host}:${pmm.ready.port}`);

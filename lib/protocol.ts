@@ -345,6 +345,7 @@ const unitStatus = () =>
     unitId: hex32(),
     host: host(),
     controlPort: port(),
+    /** the PMM reaches the unit (a stale half may be reachable and still not served) */
     available: S.bool(),
     durability: durability(),
     sync: S.optional(halfSync()),

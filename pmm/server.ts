@@ -639,7 +639,7 @@ export class PmmServer {
         unitId: hs.unitId,
         host: hs.address?.host ?? 'unknown',
         controlPort: hs.address?.controlPort ?? 1,
-        available: v.serves(h),
+        available: v.isUp(h), // reachable; whether it is served: sync
         durability: v.durabilityOf(h),
         sync: v.syncOf(h),
       };
