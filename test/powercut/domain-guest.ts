@@ -14,17 +14,13 @@
  *                       "HALF <half> durable F/N nondurable F/N".
  */
 import * as fs from 'node:fs';
-import { UnitDevice } from '../../unit/device';
 import { UnitServer } from '../../unit/server';
-import { PmmServer } from '../../pmm/server';
-import { ClientRegistry, clientLine, parseClients } from '../../pmm/credentials';
 import { NpmuClient, ReadFrom } from '../../lib/client';
-import { ControlConnection } from '../../lib/protocol';
-import { daxDevices, deviceName, rdmaAddress } from '../rdma/fixture';
+import { rdmaAddress } from '../rdma/fixture';
+import { guestSystem } from './guest-system';
 
-const KEY = Buffer.alloc(32, 9); // both boots must share it; a test key
 const SECRET = 'domain';
-const clients = new ClientRegistry({ entries: parseClients(clientLine('pd', SECRET, { logN: 4 })) });
+const sys = guestSystem({ keyByte: 9, client: 'pd', secret: SECRET, label: 'domain' });
 const RECORDS = 16; // 8 durable, 8 not
 const SLOT = 4096; // records far apart: a flush of one must not carry its neighbour
 const LEN = 64;
@@ -36,26 +32,8 @@ function record(token: string, slot: number): Buffer {
   return b;
 }
 
-async function units(format: boolean): Promise<UnitServer[]> {
-  const devs = daxDevices();
-  if (devs.length < 2) throw new Error('need two NVDIMMs (NPMU_DAX_DEVICES)');
-  const out: UnitServer[] = [];
-  for (const d of devs.slice(0, 2)) {
-    const device = UnitDevice.open(d, format ? { format: { label: 'domain' }, force: true } : {});
-    out.push(await UnitServer.start({ device, key: KEY, host: rdmaAddress(), rdmaDevice: deviceName(), shadow: true }));
-  }
-  return out;
-}
-
-function pmmOn(u: UnitServer[]): Promise<PmmServer> {
-  return PmmServer.start({
-    key: KEY,
-    clients,
-    host: rdmaAddress(),
-    port: 0,
-    units: u.map((x) => ({ host: x.host, controlPort: x.controlPort, rdmaPort: x.rdmaPort })),
-  });
-}
+const units = (format: boolean): Promise<UnitServer[]> => sys.units(format, true);
+const pmmOn = sys.pmmOn;
 
 async function write(domain: string, token: string): Promise<void> {
   for (const r of fs.readdirSync('/sys/bus/nd/devices').filter((d) => /^region[0-9]+$/.test(d))) {
@@ -70,14 +48,7 @@ async function write(domain: string, token: string): Promise<void> {
   const u = await units(true);
   for (const x of u) console.log(`UNIT ${x.unitId} persistDomain ${x.info().persistDomain} shadow ${x.info().shadow}`);
   const pmm = await pmmOn(u);
-  const admin = await ControlConnection.connect({ host: rdmaAddress(), port: pmm.port });
-  await admin.request('create-volume', {
-    volume: 'pd',
-    primary: { host: u[0]!.host, controlPort: u[0]!.controlPort, rdmaPort: u[0]!.rdmaPort },
-    mirror: { host: u[1]!.host, controlPort: u[1]!.controlPort, rdmaPort: u[1]!.rdmaPort },
-    force: true,
-  });
-  admin.close();
+  await sys.createVolume(pmm, u, 'pd');
   const c = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'pd', secret: SECRET, volume: 'pd' });
   for (const h of ['primary', 'mirror'] as const) {
     if (c.persistDomain(h) !== domain) throw new Error(`the ${h} unit reports ${c.persistDomain(h)}, expected ${domain}`);

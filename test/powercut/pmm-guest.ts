@@ -17,42 +17,18 @@
  */
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { UnitDevice } from '../../unit/device';
-import { UnitServer } from '../../unit/server';
-import { PmmServer } from '../../pmm/server';
-import { ClientRegistry, clientLine, parseClients } from '../../pmm/credentials';
 import { usedExtents } from '../../pmm/metadata';
 import { readRoot } from '../../pmm/volume';
 import { NpmuClient, ReadFrom } from '../../lib/client';
 import type { RegionHandle } from '../../lib/client';
-import { ControlConnection } from '../../lib/protocol';
-import { daxDevices, deviceName, rdmaAddress } from '../rdma/fixture';
+import { rdmaAddress } from '../rdma/fixture';
+import { guestSystem } from './guest-system';
 
-const KEY = Buffer.alloc(32, 7); // both boots must share it; a test key
 const SECRET = 'powercut';
-const clients = new ClientRegistry({ entries: parseClients(clientLine('pc', SECRET, { logN: 4 })) });
+const sys = guestSystem({ keyByte: 7, client: 'pc', secret: SECRET, label: 'powercut' });
+const units = sys.units;
+const pmmOn = sys.pmmOn;
 const SLOT = 64;
-
-async function units(format: boolean, shadow = false): Promise<UnitServer[]> {
-  const devs = daxDevices();
-  if (devs.length < 2) throw new Error('need two NVDIMMs (NPMU_DAX_DEVICES)');
-  const out: UnitServer[] = [];
-  for (const d of devs.slice(0, 2)) {
-    const device = UnitDevice.open(d, format ? { format: { label: 'powercut' }, force: true } : {});
-    out.push(await UnitServer.start({ device, key: KEY, host: rdmaAddress(), rdmaDevice: deviceName(), shadow }));
-  }
-  return out;
-}
-
-async function pmmOn(u: UnitServer[]): Promise<PmmServer> {
-  return PmmServer.start({
-    key: KEY,
-    clients,
-    host: rdmaAddress(),
-    port: 0,
-    units: u.map((x) => ({ host: x.host, controlPort: x.controlPort, rdmaPort: x.rdmaPort })),
-  });
-}
 
 /** A seeded PRNG (mulberry32): a round is replayable from its seed. */
 export function prng(seed: number): () => number {
@@ -72,14 +48,7 @@ async function burst(seed: number, shadow: boolean): Promise<void> {
   // persisted, so a flush missing anywhere (client writes, the PMM's zeroing) loses data at the cut.
   const u = await units(true, shadow);
   let pmm = await pmmOn(u);
-  const admin = await ControlConnection.connect({ host: rdmaAddress(), port: pmm.port });
-  await admin.request('create-volume', {
-    volume: 'pc',
-    primary: { host: u[0]!.host, controlPort: u[0]!.controlPort, rdmaPort: u[0]!.rdmaPort },
-    mirror: { host: u[1]!.host, controlPort: u[1]!.controlPort, rdmaPort: u[1]!.rdmaPort },
-    force: true,
-  });
-  admin.close();
+  await sys.createVolume(pmm, u, 'pc');
   let c = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'pc', secret: SECRET, volume: 'pc' });
   const open = new Map<string, { h: RegionHandle; next: number }>();
   let seq = 0;
