@@ -73,6 +73,8 @@ export type PersistDomain = 'cpu_cache' | 'memory_controller' | 'none';
 export type WriteMethod = 'read-after-write' | 'unit-flush' | 'msync' | 'none';
 const HALVES: readonly Half[] = ['primary', 'mirror'];
 const U64 = 1n << 64n;
+/** Errors of a post refused locally: they say nothing about the half. */
+const LOCAL_POST_ERRORS: ReadonlySet<string | undefined> = new Set(['ENOMEM', 'EAGAIN', 'ERR_NPMU_DETACHED']);
 
 export interface AttachOptions {
   /** The PMM's control address. */
@@ -731,7 +733,8 @@ export class NpmuClient extends EventEmitter {
     results.forEach((r, i) => {
       if (!r.ok && !failed.has(owner[i]!)) failed.set(owner[i]!, r.error);
     });
-    for (const [half, e] of failed) this.#halfDown(half, e);
+    // A local refusal (no queue slot, detached memory) says nothing about the half.
+    for (const [half, e] of failed) if (!LOCAL_POST_ERRORS.has((e as NpmuError).code)) this.#halfDown(half, e);
     return failed;
   }
 

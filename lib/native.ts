@@ -238,6 +238,10 @@ export interface NativeEndpoint {
   readonly peerPrivateData: Buffer;
   /** work requests posted and not yet completed */
   readonly inFlight: number;
+  /** The QP's real queue capacities (the provider may round the requested
+   * depths up), the CQ's size, and how many work requests wait for a credit:
+   * posts beyond the capacity queue in FIFO order, they never fail for it. */
+  readonly capacity: { maxSendWr: number; maxRecvWr: number; cqe: number; queued: number };
   /**
    * Busy-poll mode: a post spins on ibv_poll_cq until its own work requests have
    * completed (bounded by 1 s, after which it falls back to event mode), so the
@@ -325,7 +329,10 @@ export type NativeErrorCode =
 export interface NativeBinding {
   /** Hands the addon the error class it instantiates for verbs/system failures:
    * `new VerbsError(message, code, errno, syscall)`. Call once per environment. */
-  init(errorClass: new (message: string, code: string, errno: number | undefined, syscall: string | undefined) => Error): void;
+  init(
+    errorClass: new (message: string, code: string, errno: number | undefined, syscall: string | undefined) => Error,
+    markAsUntransferable?: (ab: ArrayBuffer) => void,
+  ): void;
   listDevices(): NativeDeviceInfo[];
   /** ERR_NPMU_NO_DEVICE if absent. */
   openContext(name: string): NativeContext;

@@ -29,6 +29,15 @@ constexpr unsigned kSpinYieldEvery = 64;
 // Completion events are acknowledged in batches (ibv_ack_cq_events takes a lock).
 constexpr unsigned kCqEventAckBatch = 16;
 
+// Scope guard for a depth counter: an exception cannot leave it wrong.
+struct Depth {
+  int& c;
+  explicit Depth(int& counter) : c(counter) { ++c; }
+  ~Depth() { --c; }
+  Depth(const Depth&) = delete;
+  Depth& operator=(const Depth&) = delete;
+};
+
 bool SetNonBlocking(int fd) {
   int fl = fcntl(fd, F_GETFL);
   return fl >= 0 && fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0;
@@ -164,10 +173,7 @@ std::shared_ptr<EndpointRes> EndpointRes::Create(std::shared_ptr<Registry> reg, 
 
 EndpointRes::~EndpointRes() {
   Destroy(nullptr);
-  if (!reg->alive) {
-    onEvent.SuppressDestruct();
-    pdObj.SuppressDestruct();
-  }
+  if (!reg->alive) pdObj.SuppressDestruct();
 }
 
 uint32_t EndpointRes::RemainingMs() const {
@@ -305,6 +311,18 @@ bool EndpointRes::CreateQueues(Failure* f) {
   }
   hasQp_ = true;
   maxInline_ = a.cap.max_inline_data;
+  // The provider may round the queues up (rxe does): count credits against
+  // what the QP really has, and make the CQ hold a completion for every slot.
+  maxSend_ = a.cap.max_send_wr ? a.cap.max_send_wr : opts_.sqDepth;
+  maxRecv_ = a.cap.max_recv_wr ? a.cap.max_recv_wr : opts_.rqDepth;
+  uint32_t need = maxSend_ + maxRecv_;
+  if (static_cast<uint32_t>(cq_->cqe) < need) ibv_resize_cq(cq_, static_cast<int>(need));
+  cqe_ = static_cast<uint32_t>(cq_->cqe);
+  if (cqe_ < need) {
+    // The CQ could not grow: shrink the credits so it can never overflow.
+    maxRecv_ = std::min(maxRecv_, std::max<uint32_t>(1, cqe_ / 2));
+    maxSend_ = std::min(maxSend_, cqe_ > maxRecv_ ? cqe_ - maxRecv_ : 1);
+  }
   EndpointRes* raw = this;
   cqPoll_ = UvHandle::Poll(reg, shared_from_this(), cc_->fd, [raw](int, int) { raw->OnCqReadable(); });
   if (!cqPoll_) {
@@ -349,15 +367,16 @@ void EndpointRes::Established(Napi::Env env, const CmEvent& e) {
 void EndpointRes::OnCmReadable() {
   auto self = shared_from_this();
   RunCallback(reg.get(), [this](Napi::Env env) {
-    dispatchDepth_++;
-    CmEvent e;
-    while (!destroyed_ && CmEvent::Next(ch_, &e)) {
-      HandleCm(env, e);
-      // Let the connect/accept continuation run (and set onEvent) before a
-      // DISCONNECTED queued behind ESTABLISHED is handled: the fd stays readable.
-      if (e.type == RDMA_CM_EVENT_ESTABLISHED) break;
+    {
+      Depth depth(dispatchDepth_);
+      CmEvent e;
+      while (!destroyed_ && CmEvent::Next(ch_, &e)) {
+        HandleCm(env, e);
+        // Let the connect/accept continuation run (and set onEvent) before a
+        // DISCONNECTED queued behind ESTABLISHED is handled: the fd stays readable.
+        if (e.type == RDMA_CM_EVENT_ESTABLISHED) break;
+      }
     }
-    dispatchDepth_--;
     AfterDispatch(env);
   });
 }
@@ -454,7 +473,8 @@ void EndpointRes::HandleCm(Napi::Env env, const CmEvent& e) {
 void EndpointRes::OnCqReadable() {
   auto self = shared_from_this();
   RunCallback(reg.get(), [this](Napi::Env env) {
-    dispatchDepth_++;
+    {
+    Depth depth(dispatchDepth_);
     // One notification per arming: read one event (a second read would only
     // fail with EAGAIN; if more were queued the fd stays readable and uv_poll
     // calls again). Events are acked in batches; Destroy acks the rest.
@@ -469,7 +489,7 @@ void EndpointRes::OnCqReadable() {
     }
     DrainCq(env);
     EnsureArmed(env);
-    dispatchDepth_--;
+    }
     AfterDispatch(env);
   });
 }
@@ -491,6 +511,7 @@ void EndpointRes::DrainCq(Napi::Env env) {
     int n = ibv_poll_cq(cq_, 16, wc);
     if (n <= 0) return;
     for (int i = 0; i < n; i++) HandleWc(env, wc[i]);
+    Pump(env);  // completions freed credits: queued work goes out
   }
 }
 
@@ -521,12 +542,19 @@ void EndpointRes::HandleWc(Napi::Env env, const ibv_wc& wc) {
   Failure f = r.failure;
   Finish(env, rec, std::move(r));
   if (emitError) {
-    if (deferEmit_) EmitLater(f);
+    // Never re-entrantly: inside write()/post()/postAll() (event or busy-poll
+    // mode) the event goes out from the event loop.
+    if (deferEmit_ || inPost_ > 0) EmitLater(f);
     else Emit(env, "error", &f);
   }
 }
 
 void EndpointRes::Finish(Napi::Env env, WrRecord* rec, Result r) {
+  if (rec->posted) {
+    rec->posted = false;
+    if (rec->isRecv) recvInUse_--;
+    else sendInUse_--;
+  }
   outstanding_.erase(rec);
   rec->mr->inflight--;
   if (rec->groupPending) --*rec->groupPending;
@@ -542,15 +570,17 @@ void EndpointRes::Finish(Napi::Env env, WrRecord* rec, Result r) {
 }
 
 void EndpointRes::Emit(Napi::Env env, const char* type, const Failure* f) {
-  if (onEvent.IsEmpty() || !reg->alive) return;
+  // onEvent is a property of the JS object: no JS object, no listener.
+  if (!wrapper || !reg->alive || state_ == State::Closed) return;
+  Napi::Object self = wrapper->Value();
+  if (self.IsEmpty()) return;
+  Napi::Value fnV = self.Get(OnEventKey(env));
+  if (!fnV.IsFunction()) return;
   Napi::Object ev = Napi::Object::New(env);
   ev.Set("type", Napi::String::New(env, type));
   if (f) ev.Set("error", MakeError(env, *f).Value());
-  Napi::Value recv = env.Undefined();
-  if (wrapper) recv = wrapper->Value();
-  Napi::FunctionReference& fn = onEvent;
   try {
-    fn.Call(recv, {ev});
+    fnV.As<Napi::Function>().Call(self, {ev});
   } catch (const Napi::Error& e) {
     napi_fatal_exception(env, e.Value());
   }
@@ -574,14 +604,9 @@ void EndpointRes::EmitLater(const Failure& f) {
 std::shared_ptr<size_t> EndpointRes::Post(Napi::Env env, std::vector<WrSpec>& specs,
                                           const std::vector<size_t>& slots, const std::shared_ptr<Batch>& batch,
                                           bool spin) {
+  Depth post(inPost_);
   size_t n = specs.size();
   auto pending = std::make_shared<size_t>(0);
-  std::vector<ibv_send_wr> swr;
-  std::vector<ibv_recv_wr> rwr;
-  std::vector<ibv_sge> sge(n);
-  std::vector<WrRecord*> srec, rrec;
-  swr.reserve(n);
-  rwr.reserve(n);
   for (size_t i = 0; i < n; i++) {
     WrSpec& s = specs[i];
     auto* rec = new WrRecord();
@@ -592,21 +617,26 @@ std::shared_ptr<size_t> EndpointRes::Post(Napi::Env env, std::vector<WrSpec>& sp
     rec->local = s.mr->addr + s.offset;
     rec->batch = batch;
     rec->slot = slots[i];
-    rec->groupPending = pending;
-    ibv_sge& g = sge[i];
+    ibv_sge& g = rec->sge;
     g.addr = reinterpret_cast<uintptr_t>(s.mr->addr + s.offset);
     g.length = static_cast<uint32_t>(s.length);
     g.lkey = s.mr->lkey;
+    // All records count as in flight (and hold their MR) from now on.
+    outstanding_.insert(rec);
+    rec->mr->inflight++;
     if (s.op == Op::Recv) {
-      ibv_recv_wr w{};
+      // busy-poll does not wait for recvs: they complete when the peer sends
+      rec->isRecv = true;
+      ibv_recv_wr& w = rec->rwr;
       w.wr_id = reinterpret_cast<uintptr_t>(rec);
       w.sg_list = &g;
       w.num_sge = s.length ? 1 : 0;
-      rwr.push_back(w);
-      rrec.push_back(rec);
+      recvQueue_.push_back(rec);
       continue;
     }
-    ibv_send_wr w{};
+    rec->groupPending = pending;
+    ++*pending;
+    ibv_send_wr& w = rec->swr;
     w.wr_id = reinterpret_cast<uintptr_t>(rec);
     w.sg_list = &g;
     w.num_sge = s.length ? 1 : 0;
@@ -639,55 +669,83 @@ std::shared_ptr<size_t> EndpointRes::Post(Napi::Env env, std::vector<WrSpec>& sp
       w.wr.rdma.remote_addr = s.remoteAddr;
       w.wr.rdma.rkey = s.rkey;
     }
-    swr.push_back(w);
-    srec.push_back(rec);
-  }
-  for (size_t i = 0; i + 1 < swr.size(); i++) swr[i].next = &swr[i + 1];
-  for (size_t i = 0; i + 1 < rwr.size(); i++) rwr[i].next = &rwr[i + 1];
-  // All records count as in flight before posting; failures finish them below.
-  for (WrRecord* r : rrec) {
-    // busy-poll does not wait for recvs: they complete when the peer sends
-    r->groupPending = nullptr;
-    outstanding_.insert(r);
-    r->mr->inflight++;
-  }
-  for (WrRecord* r : srec) {
-    outstanding_.insert(r);
-    r->mr->inflight++;
-    ++*pending;
+    sendQueue_.push_back(rec);
   }
   if (cqPoll_) cqPoll_->Ref(true);
   UpdateRefs();
-
-  dispatchDepth_++;
-  if (!rwr.empty()) {
-    ibv_recv_wr* bad = nullptr;
-    int rc = ibv_post_recv(id_->qp, rwr.data(), &bad);
-    if (rc) {
-      size_t from = bad ? static_cast<size_t>(bad - rwr.data()) : 0;
-      for (size_t i = from; i < rrec.size(); i++) {
-        Result r;
-        r.failure = Failure::Errno(rc, "ibv_post_recv");
-        Finish(env, rrec[i], r);
-      }
-    }
+  {
+    Depth depth(dispatchDepth_);
+    Pump(env);
   }
-  if (!swr.empty()) {
-    ibv_send_wr* bad = nullptr;
-    int rc = ibv_post_send(id_->qp, swr.data(), &bad);
-    if (rc) {
-      size_t from = bad ? static_cast<size_t>(bad - swr.data()) : 0;
-      for (size_t i = from; i < srec.size(); i++) {
-        Result r;
-        r.failure = Failure::Errno(rc, "ibv_post_send");
-        Finish(env, srec[i], r);
-      }
-    }
-  }
-  dispatchDepth_--;
   if (spin) Reap(env, pending);
   AfterDispatch(env);
   return pending;
+}
+
+void EndpointRes::FailRecord(Napi::Env env, WrRecord* rec, const Failure& f) {
+  Result r;
+  r.failure = f;
+  Finish(env, rec, std::move(r));
+}
+
+void EndpointRes::Pump(Napi::Env env) {
+  if (destroyed_) return;
+  if (state_ != State::Connected) {
+    // The QP is in error or going away: what never reached it flushes, as the
+    // work on it does.
+    while (!sendQueue_.empty() || !recvQueue_.empty()) {
+      auto& q = sendQueue_.empty() ? recvQueue_ : sendQueue_;
+      WrRecord* rec = q.front();
+      q.pop_front();
+      FailRecord(env, rec,
+                 Failure::Npmu("IBV_WC_WR_FLUSH_ERR",
+                               std::string(OpName(rec->op)) + " flushed: endpoint is " + StateName(), 0,
+                               "ibv_post_send"));
+    }
+    return;
+  }
+  auto cqFree = [this]() { return cqe_ > sendInUse_ + recvInUse_ ? cqe_ - sendInUse_ - recvInUse_ : 0; };
+  // Receives first: a send may be what makes the peer answer.
+  while (!recvQueue_.empty() && recvInUse_ < maxRecv_ && cqFree() > 0) {
+    size_t k = std::min<size_t>({recvQueue_.size(), maxRecv_ - recvInUse_, cqFree()});
+    std::vector<WrRecord*> batch(recvQueue_.begin(), recvQueue_.begin() + static_cast<long>(k));
+    recvQueue_.erase(recvQueue_.begin(), recvQueue_.begin() + static_cast<long>(k));
+    for (size_t i = 0; i < k; i++) {
+      batch[i]->rwr.next = i + 1 < k ? &batch[i + 1]->rwr : nullptr;
+      batch[i]->posted = true;
+    }
+    recvInUse_ += static_cast<uint32_t>(k);
+    ibv_recv_wr* bad = nullptr;
+    int rc = ibv_post_recv(id_->qp, &batch[0]->rwr, &bad);
+    if (rc) {
+      bool seen = bad == nullptr;
+      for (WrRecord* rec : batch) {
+        if (&rec->rwr == bad) seen = true;
+        if (seen) FailRecord(env, rec, Failure::Errno(rc, "ibv_post_recv"));
+      }
+      break;
+    }
+  }
+  while (!sendQueue_.empty() && sendInUse_ < maxSend_ && cqFree() > 0) {
+    size_t k = std::min<size_t>({sendQueue_.size(), maxSend_ - sendInUse_, cqFree()});
+    std::vector<WrRecord*> batch(sendQueue_.begin(), sendQueue_.begin() + static_cast<long>(k));
+    sendQueue_.erase(sendQueue_.begin(), sendQueue_.begin() + static_cast<long>(k));
+    for (size_t i = 0; i < k; i++) {
+      batch[i]->swr.next = i + 1 < k ? &batch[i + 1]->swr : nullptr;
+      batch[i]->posted = true;
+    }
+    sendInUse_ += static_cast<uint32_t>(k);
+    ibv_send_wr* bad = nullptr;
+    int rc = ibv_post_send(id_->qp, &batch[0]->swr, &bad);
+    if (rc) {
+      bool seen = bad == nullptr;
+      for (WrRecord* rec : batch) {
+        if (&rec->swr == bad) seen = true;
+        if (seen) FailRecord(env, rec, Failure::Errno(rc, "ibv_post_send"));
+      }
+      break;
+    }
+  }
 }
 
 void EndpointRes::Reap(Napi::Env env, const std::shared_ptr<size_t>& pending) {
@@ -699,15 +757,15 @@ void EndpointRes::Reap(Napi::Env env, const std::shared_ptr<size_t>& pending) {
     // completes inside ibv_post_send, and then this settles the promise now
     // instead of one event-loop turn, a completion-channel read and a re-arm
     // later. It costs one ibv_poll_cq (no system call) when nothing is there.
-    dispatchDepth_++;
-    deferEmit_ = true;
+    Depth depth(dispatchDepth_);
+    Depth post(inPost_);
     DrainCq(env);
-    deferEmit_ = false;
-    dispatchDepth_--;
   }
-  dispatchDepth_++;
-  EnsureArmed(env);  // recvs, or sends the poll/spin did not see complete
-  dispatchDepth_--;
+  {
+    Depth depth(dispatchDepth_);
+    Depth post(inPost_);
+    EnsureArmed(env);  // recvs, or sends the poll/spin did not see complete
+  }
   AfterDispatch(env);
 }
 
@@ -715,13 +773,18 @@ void EndpointRes::Spin(Napi::Env env, const std::shared_ptr<size_t>& pending) {
   auto self = shared_from_this();
   uint64_t start = 0;  // first clock read, after kSpinClockEvery empty polls
   ibv_wc wc[16];
-  dispatchDepth_++;
+  {
+  Depth depth(dispatchDepth_);
+  Depth post(inPost_);
   unsigned idle = 0;
   while (*pending > 0 && !destroyed_ && cq_) {
     int n = ibv_poll_cq(cq_, 16, wc);
     if (n < 0) break;
     for (int i = 0; i < n; i++) HandleWc(env, wc[i]);
-    if (n > 0) continue;
+    if (n > 0) {
+      Pump(env);
+      continue;
+    }
     ++idle;
     if (idle % kSpinClockEvery == 0) {
       // The 1 s bound counts from the first reading: at most kSpinClockEvery
@@ -732,7 +795,7 @@ void EndpointRes::Spin(Napi::Env env, const std::shared_ptr<size_t>& pending) {
     }
     if (idle % kSpinYieldEvery == 0) sched_yield();
   }
-  dispatchDepth_--;
+  }
   AfterDispatch(env);
 }
 
@@ -803,6 +866,9 @@ void EndpointRes::Destroy(Napi::Env* env) {
   auto self = weak_from_this().lock();  // may be null when called from the destructor
   bool js = env && reg->alive;
   // Work the QP never completed (forced close, teardown): fail or drop it.
+  sendQueue_.clear();
+  recvQueue_.clear();
+  sendInUse_ = recvInUse_ = 0;
   std::vector<WrRecord*> left(outstanding_.begin(), outstanding_.end());
   for (WrRecord* rec : left) {
     if (js) {
@@ -860,10 +926,7 @@ void EndpointRes::Destroy(Napi::Env* env) {
   }
   connectDeferred_.reset();
   closeDeferreds_.clear();
-  if (reg->alive) {
-    onEvent.Reset();
-    pdObj.Reset();
-  }
+  if (reg->alive) pdObj.Reset();
   UpdateRefs();
 }
 
@@ -918,6 +981,7 @@ Napi::Function Endpoint::Define(Napi::Env env) {
           InstanceAccessor<&Endpoint::RemotePort>("remotePort"),
           InstanceAccessor<&Endpoint::PeerPrivateData>("peerPrivateData"),
           InstanceAccessor<&Endpoint::InFlight>("inFlight"),
+          InstanceAccessor<&Endpoint::Capacity>("capacity"),
           InstanceAccessor<&Endpoint::GetBusyPoll, &Endpoint::SetBusyPoll>("busyPoll"),
           InstanceAccessor<&Endpoint::GetOnEvent, &Endpoint::SetOnEvent>("onEvent"),
           InstanceMethod<&Endpoint::Write>("write"),
@@ -998,23 +1062,47 @@ void Endpoint::SetBusyPoll(const Napi::CallbackInfo& info, const Napi::Value& v)
   if (!v.IsBoolean()) ThrowArgType(info.Env(), "busyPoll", "of type boolean", v);
   res_->busyPoll = v.As<Napi::Boolean>().Value();
 }
+// The listener is kept as a private (symbol-keyed) property of this object,
+// not by a native strong reference: a closure over the endpoint then forms a
+// cycle the GC can collect once the endpoint is no longer pinned (connected,
+// closing or with work in flight), and the finalizer frees the QP, CQ, id, PD.
 Napi::Value Endpoint::GetOnEvent(const Napi::CallbackInfo& info) {
-  if (res_->onEvent.IsEmpty()) return info.Env().Null();
-  return res_->onEvent.Value();
+  Napi::Env env = info.Env();
+  if (res_->state() == EndpointRes::State::Closed) return env.Null();
+  Napi::Value fn = info.This().As<Napi::Object>().Get(OnEventKey(env));
+  return fn.IsFunction() ? fn : env.Null();
 }
 void Endpoint::SetOnEvent(const Napi::CallbackInfo& info, const Napi::Value& v) {
+  Napi::Env env = info.Env();
+  Napi::Object self = info.This().As<Napi::Object>();
   if (v.IsNull() || v.IsUndefined()) {
-    res_->onEvent.Reset();
+    self.Delete(OnEventKey(env));
     return;
   }
-  if (!v.IsFunction()) ThrowArgType(info.Env(), "onEvent", "of type function or null", v);
+  if (!v.IsFunction()) ThrowArgType(env, "onEvent", "of type function or null", v);
   if (res_->state() == EndpointRes::State::Closed) return;  // nothing will be emitted
-  res_->onEvent = Napi::Persistent(v.As<Napi::Function>());
+  self.Set(OnEventKey(env), v);
+}
+Napi::Value Endpoint::Capacity(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("maxSendWr", Napi::Number::New(env, res_->maxSend()));
+  o.Set("maxRecvWr", Napi::Number::New(env, res_->maxRecv()));
+  o.Set("cqe", Napi::Number::New(env, res_->cqe()));
+  o.Set("queued", Napi::Number::New(env, static_cast<double>(res_->queued())));
+  return o;
 }
 
 // The local buffer must be usable on this endpoint's QP: an MR of another PD,
 // or a READ/RECV/atomic target without LOCAL_WRITE, would fail on the QP and put
 // the connection in the error state. Refuse it here, before anything is posted.
+// After every argument was read (user getters and valueOf may run JS, which
+// may close an MR already checked): no work request may name a closed MR.
+static void RecheckOpen(Napi::Env env, const std::vector<WrSpec>& specs) {
+  for (const WrSpec& s : specs)
+    if (s.mr->closed) ThrowNpmu(env, "ERR_NPMU_CLOSED", "memory region is closed");
+}
+
 static void CheckLocalMr(Napi::Env env, const EndpointRes& ep, const WrSpec& s, const std::string& name) {
   if (ep.pd() && s.mr->pd != ep.pd())
     ThrowArgValue(env, name + "mr", "must be registered on this endpoint's protection domain", s.mrObj);
@@ -1025,6 +1113,7 @@ static void CheckLocalMr(Napi::Env env, const EndpointRes& ep, const WrSpec& s, 
 
 Napi::Value Endpoint::PostOne(Napi::Env env, WrSpec spec, Batch::Kind kind) {
   CheckLocalMr(env, *res_, spec, "");
+  if (spec.mr->closed) ThrowNpmu(env, "ERR_NPMU_CLOSED", "memory region is closed");
   auto batch = std::make_shared<Batch>(env, kind, 1);
   Napi::Promise p = batch->deferred.Promise();
   if (!res_->connected()) {
@@ -1106,6 +1195,7 @@ Napi::Value Endpoint::Post(const Napi::CallbackInfo& info) {
     CheckLocalMr(env, *res_, specs.back(), name + ".");
     slots.push_back(i);
   }
+  RecheckOpen(env, specs);
   auto batch = std::make_shared<Batch>(env, Batch::Kind::Results, n);
   Napi::Promise p = batch->deferred.Promise();
   if (!res_->connected()) {
@@ -1195,6 +1285,7 @@ Napi::Value PostAll(const Napi::CallbackInfo& info) {
     groups[it->second].specs.push_back(std::move(s));
     groups[it->second].slots.push_back(i);
   }
+  for (const Group& g : groups) RecheckOpen(env, g.specs);
   auto batch = std::make_shared<Batch>(env, Batch::Kind::Results, n);
   Napi::Promise p = batch->deferred.Promise();
   if (n == 0) {

@@ -8,6 +8,7 @@
 #include "util/args.h"
 #include <rdma/rdma_cma.h>
 
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -85,12 +86,16 @@ class EndpointRes : public std::enable_shared_from_this<EndpointRes> {
   State state() const { return state_; }
   bool connected() const { return state_ == State::Connected; }
   size_t inflight() const { return outstanding_.size(); }
+  size_t queued() const { return sendQueue_.size() + recvQueue_.size(); }
+  uint32_t maxSend() const { return maxSend_; }
+  uint32_t maxRecv() const { return maxRecv_; }
+  uint32_t cqe() const { return cqe_; }
   bool busyPoll = false;
   std::shared_ptr<PdRes> pd() const { return pd_; }
   std::string localAddress, remoteAddress;
   int remotePort = 0;
   std::vector<uint8_t> peerPrivateData;
-  Napi::FunctionReference onEvent;
+  // onEvent lives on the JS object (see SetOnEvent): no strong native reference.
   Napi::ObjectReference pdObj;  // handed to the wrapper
   Endpoint* wrapper = nullptr;
   std::shared_ptr<Registry> reg;
@@ -116,6 +121,10 @@ class EndpointRes : public std::enable_shared_from_this<EndpointRes> {
   void AfterDispatch(Napi::Env env);
   void UpdateRefs();
   uint32_t RemainingMs() const;
+  // Hands queued work requests to the QP while send/recv/CQ credits last
+  // (FIFO); once the endpoint is no longer connected, fails what is queued.
+  void Pump(Napi::Env env);
+  void FailRecord(Napi::Env env, WrRecord* rec, const Failure& f);
 
   State state_ = State::Connecting;
   EndpointOptions opts_;
@@ -143,6 +152,12 @@ class EndpointRes : public std::enable_shared_from_this<EndpointRes> {
   bool destroyed_ = false;
   bool destroyPending_ = false;
   int dispatchDepth_ = 0;
+  int inPost_ = 0;  // inside write()/post()/postAll(): events wait for the loop
+  // Credits: the QP's real capacities (read back after rdma_create_qp) and the
+  // CQ's real size; work requests beyond them wait in FIFO order.
+  uint32_t maxSend_ = 0, maxRecv_ = 0, cqe_ = 0;
+  uint32_t sendInUse_ = 0, recvInUse_ = 0;
+  std::deque<WrRecord*> sendQueue_, recvQueue_;
   bool selfRef_ = false;
   std::unordered_set<WrRecord*> outstanding_;
   std::optional<Napi::Promise::Deferred> connectDeferred_;
@@ -166,6 +181,7 @@ class Endpoint : public Napi::ObjectWrap<Endpoint> {
   Napi::Value RemotePort(const Napi::CallbackInfo& info);
   Napi::Value PeerPrivateData(const Napi::CallbackInfo& info);
   Napi::Value InFlight(const Napi::CallbackInfo& info);
+  Napi::Value Capacity(const Napi::CallbackInfo& info);
   Napi::Value GetBusyPoll(const Napi::CallbackInfo& info);
   void SetBusyPoll(const Napi::CallbackInfo& info, const Napi::Value& v);
   Napi::Value GetOnEvent(const Napi::CallbackInfo& info);

@@ -71,6 +71,12 @@ struct WrRecord {
   std::shared_ptr<Batch> batch;
   size_t slot = 0;
   std::shared_ptr<size_t> groupPending;  // busy-poll: records of this post still out
+  // Built at post time; handed to the QP when a send/recv credit is free.
+  bool isRecv = false;
+  bool posted = false;  // on the QP (holds a queue slot and a CQ entry)
+  ibv_sge sge{};
+  ibv_send_wr swr{};
+  ibv_recv_wr rwr{};
 };
 
 const char* OpName(Op op);
