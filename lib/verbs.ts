@@ -3,6 +3,7 @@
  * environment (main thread or worker) and handed the error class it throws.
  * Everything here is general RDMA; nPMU policy lives in unit/, pmm/ and lib/client.
  */
+import { markAsUntransferable } from 'node:worker_threads';
 import { VerbsError } from './errors';
 import type * as N from './native';
 
@@ -33,7 +34,9 @@ export function native(): N.NativeBinding {
   if (binding === undefined) {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const b = require('bindings')('npmu_native') as N.NativeBinding;
-    b.init(VerbsError);
+    // Buffers over registered or mapped memory must never be transferred away
+    // (their memory would outlive, or be freed under, the registration).
+    b.init(VerbsError, markAsUntransferable);
     binding = b;
   }
   return binding;

@@ -79,6 +79,7 @@ Napi::Value Init(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsFunction()) ThrowArgType(env, "errorClass", "of type function", info[0]);
   GetData(env)->errorClass = Napi::Persistent(info[0].As<Napi::Function>());
+  if (info[1].IsFunction()) GetData(env)->markUntransferable = Napi::Persistent(info[1].As<Napi::Function>());
   return env.Undefined();
 }
 
@@ -103,6 +104,14 @@ void FreeAddonData(Napi::Env env, AddonData* data) {
 }
 
 }  // namespace
+
+void MarkUntransferable(Napi::Env env, Napi::Value ab) {
+  AddonData* d = GetData(env);
+  if (!d || d->markUntransferable.IsEmpty()) return;
+  d->markUntransferable.Call({ab});
+}
+
+Napi::Value OnEventKey(Napi::Env env) { return GetData(env)->keys.Value().Get("onEvent"); }
 
 Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
@@ -132,6 +141,9 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   data->endpointCtor = Napi::Persistent(ep);
   data->listenerCtor = Napi::Persistent(listener);
   data->requestCtor = Napi::Persistent(request);
+  Napi::Object keys = Napi::Object::New(env);
+  keys.Set("onEvent", Napi::Symbol::New(env, "npmu.onEvent"));
+  data->keys = Napi::Persistent(keys);
 
   exports.Set("init", Napi::Function::New<Init>(env, "init"));
   exports.Set("listDevices", Napi::Function::New<ListDevices>(env, "listDevices"));

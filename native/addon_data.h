@@ -55,7 +55,17 @@ struct AddonData {
   Napi::FunctionReference listenerCtor;
   Napi::FunctionReference requestCtor;
   napi_async_context asyncContext = nullptr;
+  // {onEvent: Symbol}: private property keys on wrapper objects.
+  Napi::ObjectReference keys;
+  // init()'s hook (worker_threads.markAsUntransferable): buffers over registered
+  // or mapped memory must not be transferred (moved) away.
+  Napi::FunctionReference markUntransferable;
 };
+
+// Marks an ArrayBuffer untransferable through init()'s hook, if one was given.
+void MarkUntransferable(Napi::Env env, Napi::Value ab);
+// The private key under which an Endpoint keeps its onEvent function.
+Napi::Value OnEventKey(Napi::Env env);
 
 inline AddonData* GetData(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
 

@@ -177,14 +177,25 @@ std::shared_ptr<MappingRes> NewRes(Napi::Env env, const std::string& path, const
 // ---- MappingRes -----------------------------------------------------------
 
 void MappingRes::Close() {
-  if (closed) return;
-  closed = true;
-  if (addr) munmap(addr, mapLength);
-  addr = nullptr;
-  reg->mappings.erase(this);
+  if (!closed) {
+    closed = true;
+    reg->mappings.erase(this);
+  }
+  for (BufHint* h : hints)
+    if (!h->released) return;  // a view may be alive elsewhere: unmap when it is collected
+  Unmap();
 }
 
-MappingRes::~MappingRes() { Close(); }
+void MappingRes::Unmap() {
+  if (addr) munmap(addr, mapLength);
+  addr = nullptr;
+}
+
+MappingRes::~MappingRes() {
+  if (!closed) reg->mappings.erase(this);
+  closed = true;
+  Unmap();
+}
 
 // ---- module functions -------------------------------------------------------
 
@@ -354,30 +365,39 @@ Napi::Value Mapping::Buffer(const Napi::CallbackInfo& info) {
                              "a read-only devdax mapping has no buffer(): a store through it would fault",
                              EACCES, "mmap"));
   // Forget collected buffers; hand out the live one if there is one.
-  std::vector<Napi::Reference<Napi::ArrayBuffer>> live;
+  std::vector<std::pair<Napi::Reference<Napi::ArrayBuffer>, BufHint*>> live;
   Napi::ArrayBuffer current;
-  for (auto& ref : buffers_) {
-    Napi::ArrayBuffer ab = ref.Value();
+  for (auto& entry : buffers_) {
+    Napi::ArrayBuffer ab = entry.first.Value();
     if (ab.IsEmpty()) continue;
     if (!ab.IsDetached()) current = ab;
-    live.push_back(std::move(ref));
+    live.push_back(std::move(entry));
   }
   buffers_ = std::move(live);
   if (!current.IsEmpty()) return current;
 
   // The ArrayBuffer keeps the native mapping record alive (its finalizer
-  // drops the reference); close() detaches it before munmap.
-  auto* hint = new std::shared_ptr<MappingRes>(res_);
+  // drops the reference); close() detaches it before munmap. It is marked
+  // untransferable (init()'s hook): its memory must not move to another owner.
+  auto* hint = new BufHint{res_, false};
   Napi::ArrayBuffer ab;
   try {
     ab = Napi::ArrayBuffer::New(
         env, res_->addr, res_->length,
-        [](Napi::Env, void*, std::shared_ptr<MappingRes>* h) { delete h; }, hint);
+        [](Napi::Env, void*, BufHint* h) {
+          h->res->hints.erase(h);
+          std::shared_ptr<MappingRes> res = std::move(h->res);
+          delete h;
+          if (res->closed) res->Close();  // the last outside view gone: unmap now
+        },
+        hint);
   } catch (...) {
     delete hint;
     throw;
   }
-  buffers_.push_back(Napi::Weak(ab));
+  res_->hints.insert(hint);
+  buffers_.emplace_back(Napi::Weak(ab), hint);
+  MarkUntransferable(env, ab);
   return ab;
 }
 
@@ -408,9 +428,16 @@ Napi::Value Mapping::Close(const Napi::CallbackInfo& info) {
   if (res_->children > 0)
     ThrowNpmu(env, "ERR_NPMU_BUSY",
               "mapping has " + std::to_string(res_->children) + " open memory region(s)");
-  for (auto& ref : buffers_) {
-    Napi::ArrayBuffer ab = ref.Value();
-    if (!ab.IsEmpty() && !ab.IsDetached()) ab.Detach();
+  // Detach every view handed out, so none outlives the mapping. A buffer that
+  // was detached by someone else (transferred) may live on under a new owner:
+  // MappingRes::Close then leaves the memory mapped until that one is collected.
+  for (auto& entry : buffers_) {
+    if (!res_->hints.count(entry.second)) continue;  // already freed
+    Napi::ArrayBuffer ab = entry.first.Value();
+    if (!ab.IsEmpty() && !ab.IsDetached()) {
+      ab.Detach();
+      entry.second->released = true;
+    }
   }
   buffers_.clear();
   res_->Close();

@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "addon_data.h"
@@ -30,9 +31,23 @@ struct MappingRes {
   bool privateMap = false;  // read-only file mappings are MAP_PRIVATE (see mapping.cc)
   bool closed = false;
   int children = 0;  // open MRs
+  // buffer() ArrayBuffers whose backing store V8 has not freed yet; the ones
+  // close() detached itself are `released`.
+  std::unordered_set<struct BufHint*> hints;
 
+  // Marks the mapping closed and unmaps it, unless a buffer() backing store
+  // may still be alive elsewhere (moved out by a transfer): then the memory
+  // stays mapped until the last such buffer is collected (no live view over
+  // unmapped memory, ever).
   void Close();
+  void Unmap();
   ~MappingRes();
+};
+
+// The finalizer hint of a buffer() ArrayBuffer: keeps the mapping record alive.
+struct BufHint {
+  std::shared_ptr<MappingRes> res;
+  bool released = false;  // detached by close()
 };
 
 class Mapping : public Napi::ObjectWrap<Mapping> {
@@ -55,7 +70,7 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   std::shared_ptr<MappingRes> res_;
-  std::vector<Napi::Reference<Napi::ArrayBuffer>> buffers_;  // weak
+  std::vector<std::pair<Napi::Reference<Napi::ArrayBuffer>, BufHint*>> buffers_;  // weak
 };
 
 Napi::Value MapFile(const Napi::CallbackInfo& info);

@@ -43,18 +43,21 @@ MemoryRegion::MemoryRegion(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Me
   uint8_t* base = nullptr;
   size_t size = 0;
   std::shared_ptr<MappingRes> mapping;
+  Napi::ArrayBuffer jsAb;  // the JS memory's ArrayBuffer, if the source is JS memory
   if (src.IsTypedArray()) {
     Napi::TypedArray ta = src.As<Napi::TypedArray>();
-    base = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    jsAb = ta.ArrayBuffer();
+    base = static_cast<uint8_t*>(jsAb.Data()) + ta.ByteOffset();
     size = ta.ByteLength();
   } else if (src.IsDataView()) {
     Napi::DataView dv = src.As<Napi::DataView>();
-    base = static_cast<uint8_t*>(dv.ArrayBuffer().Data()) + dv.ByteOffset();
+    jsAb = dv.ArrayBuffer();
+    base = static_cast<uint8_t*>(jsAb.Data()) + dv.ByteOffset();
     size = dv.ByteLength();
   } else if (src.IsArrayBuffer()) {
-    Napi::ArrayBuffer ab = src.As<Napi::ArrayBuffer>();
-    base = static_cast<uint8_t*>(ab.Data());
-    size = ab.ByteLength();
+    jsAb = src.As<Napi::ArrayBuffer>();
+    base = static_cast<uint8_t*>(jsAb.Data());
+    size = jsAb.ByteLength();
   } else if (src.IsObject() && src.As<Napi::Object>().CheckTypeTag(&kMappingTag)) {
     Mapping* m = Mapping::Unwrap(src.As<Napi::Object>());
     if (!m) ThrowArgType(env, "source", "an ArrayBuffer, an ArrayBufferView or a Mapping", src);
@@ -67,6 +70,12 @@ MemoryRegion::MemoryRegion(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Me
   }
 
   Napi::Object opts = OptObject(env, info[2], "opts");
+  // (after the option getters too, which may run JS)
+  auto checkAttached = [&]() {
+    if (!jsAb.IsEmpty() && jsAb.IsDetached())
+      ThrowNpmu(env, "ERR_NPMU_DETACHED", "the memory to register is a detached ArrayBuffer");
+  };
+  checkAttached();
   int64_t srcLen = static_cast<int64_t>(size);
   int64_t offset = OptInteger(env, Prop(opts, "offset"), "opts.offset", 0, srcLen, 0);
   int64_t length = OptInteger(env, Prop(opts, "length"), "opts.length", 0, srcLen - offset, srcLen - offset);
@@ -90,6 +99,11 @@ MemoryRegion::MemoryRegion(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Me
                                  std::to_string(reinterpret_cast<uintptr_t>(addr) & pageMask) + ")",
                              EINVAL, "ibv_reg_mr_iova2"));
   if (pd->closed) ThrowNpmu(env, "ERR_NPMU_CLOSED", "protection domain is closed");
+  checkAttached();
+  if (mapping && mapping->closed) ThrowNpmu(env, "ERR_NPMU_CLOSED", "mapping is closed");
+  // Registered memory must not move to another owner (transfer/postMessage):
+  // init()'s hook marks it untransferable (for good: V8 cannot undo it).
+  if (!jsAb.IsEmpty()) MarkUntransferable(env, jsAb);
 
   errno = 0;
   ibv_mr* mr = ibv_reg_mr_iova2(pd->pd, addr, static_cast<size_t>(length), iova, static_cast<unsigned>(access));
@@ -110,7 +124,10 @@ MemoryRegion::MemoryRegion(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Me
   if (mapping) mapping->children++;
   res->reg->mrs.insert(res.get());
   res_ = res;
-  if (!mapping) pin_ = Napi::Persistent(src.As<Napi::Object>());
+  if (!mapping) {
+    pin_ = Napi::Persistent(src.As<Napi::Object>());
+    ab_ = Napi::Persistent(jsAb);
+  }
   info.This().As<Napi::Object>().TypeTag(&kMrTag);
 }
 
@@ -118,7 +135,16 @@ MemoryRegion::~MemoryRegion() {
   // Finalizer: in-flight work requests hold a reference to this object, so an
   // MR JS forgot has nothing in flight. After teardown the reaper has closed it.
   if (res_ && !res_->closed && res_->inflight == 0) res_->Close();
-  if (res_ && !res_->reg->alive) pin_.SuppressDestruct();
+  if (res_ && !res_->reg->alive) {
+    pin_.SuppressDestruct();
+    ab_.SuppressDestruct();
+  }
+}
+
+bool MemoryRegion::Detached() const {
+  if (ab_.IsEmpty()) return false;
+  Napi::ArrayBuffer ab = ab_.Value();
+  return !ab.IsEmpty() && ab.IsDetached();
 }
 
 Napi::Value MemoryRegion::Lkey(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), res_->lkey); }
@@ -138,6 +164,7 @@ Napi::Value MemoryRegion::Close(const Napi::CallbackInfo& info) {
               "memory region is the local buffer of " + std::to_string(res_->inflight) + " work request(s) in flight");
   res_->Close();
   pin_.Reset();
+  ab_.Reset();
   return env.Undefined();
 }
 

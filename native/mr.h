@@ -38,6 +38,8 @@ class MemoryRegion : public Napi::ObjectWrap<MemoryRegion> {
   static MemoryRegion* Unwrap(Napi::Object o) { return UnwrapThis<MemoryRegion>(o, kMrTag, "MemoryRegion"); }
   ~MemoryRegion() override;
   std::shared_ptr<MrRes> res() const { return res_; }
+  // The registered JS memory was detached (moved away) after registration.
+  bool Detached() const;
 
  private:
   Napi::Value Lkey(const Napi::CallbackInfo& info);
@@ -50,6 +52,7 @@ class MemoryRegion : public Napi::ObjectWrap<MemoryRegion> {
 
   std::shared_ptr<MrRes> res_;
   Napi::ObjectReference pin_;  // the JS buffer, while registered
+  Napi::Reference<Napi::ArrayBuffer> ab_;  // its ArrayBuffer (strong while registered)
 };
 
 }  // namespace npmu

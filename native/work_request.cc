@@ -43,6 +43,8 @@ void CheckSlice(Napi::Env env, WrSpec& s, Napi::Value mr, Napi::Value offset, Na
         ToInteger(env, length, prefix + "length", 0, std::min<int64_t>(len - static_cast<int64_t>(s.offset), 0x7fffffff)));
   }
   if (s.mr->closed) ThrowNpmu(env, "ERR_NPMU_CLOSED", "memory region is closed");
+  if (m->Detached())
+    ThrowNpmu(env, "ERR_NPMU_DETACHED", "the memory region's ArrayBuffer was detached (transferred away)");
 }
 
 void CheckRemote(Napi::Env env, WrSpec& s, Napi::Value remoteAddr, Napi::Value rkey, const std::string& prefix) {
