@@ -519,12 +519,6 @@ export class Volume extends EventEmitter {
     }
     // Recorded on the source before anything is served (revoking the stale half's mappings if it is here).
     if (d.markStale && d.stale) await v.#markStale(d.stale, opts.force ? 'forced by the operator' : 'its metadata is gone');
-    // Every current half that is reachable but whose peer is unreachable: record it, so a restart knows.
-    for (const h of [...v.current]) if (!links[h]) v.current.delete(h);
-    if (v.current.size === 1 && !v.stale) {
-      const gone = other([...v.current][0]!);
-      await v.#markStale(gone, 'not reachable at recovery');
-    }
     log.info(
       `volume ${name} (${volumeId}) taken at epoch ${epoch}, generation ${image.generation} from the ${d.source}: ` +
         `${image.regionCount} regions, ${v.usedPages}/${image.volume.dataPages} pages used, state ${v.state}${v.stale ? `, ${v.stale} stale` : ''}`,
