@@ -736,13 +736,16 @@ export class Volume extends EventEmitter {
 
   async #flushTouched(): Promise<void> {
     if (this.#touched.size === 0) return;
+    const pending = new Map(this.#touched);
     const update: RegionMeta[] = [];
-    for (const [id, at] of this.#touched) {
+    for (const [id, at] of pending) {
       const r = this.image.regionById(id);
       if (r) update.push({ ...r, lastOpenAtMs: at });
+      else this.#touched.delete(id);
     }
-    this.#touched.clear();
     if (update.length > 0) await this.commit({ update });
+    // Forgotten only once written (a failed write keeps them for the next one); a newer open stays pending.
+    for (const [id, at] of pending) if (this.#touched.get(id) === at) this.#touched.delete(id);
   }
 
   async #publishUsage(): Promise<void> {
