@@ -86,6 +86,8 @@ async function main() {
   const bad = [];
   const pending = [];
   const N = Number(process.env.FUZZ_CALLS || 4000);
+  // Self-check of the hang detection (test/unit/fuzz-selfcheck.test.ts): one promise that never settles.
+  if (process.env.FUZZ_SELFCHECK_HANG) pending.push({ name: 'selfcheck (never settles)', settled: false, p: new Promise(() => {}) });
   const check = (name, e) => {
     const c = e && e.code;
     seen[c] = (seen[c] || 0) + 1;

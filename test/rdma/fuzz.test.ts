@@ -13,8 +13,9 @@ t.test('native fuzz: random calls, documented errors only, no crash', async (t) 
   const env = { ...process.env, NPMU_RXE_ADDR: rdmaAddress() };
   const r = spawnSync(process.execPath, [script], { encoding: 'utf8', env, timeout: 600_000 });
   const out = `${r.stdout}${r.stderr}`;
-  t.equal(r.signal, null, `no signal (crash or hang past 600 s)\n${out.slice(-2000)}`);
-  t.equal(r.status, 0, out.slice(-4000));
+  if (r.signal !== null || r.status !== 0 || /NOT OK/.test(out)) t.comment(out.slice(-6000));
+  t.equal(r.signal, null, 'no signal (crash, or a hang past 600 s)');
+  t.equal(r.status, 0, 'exit status 0');
   t.notMatch(out, /NOT OK/, 'no check failed');
   t.match(out, /ok - only documented errors/);
   t.match(out, /ok - survived \d+ calls/);
