@@ -519,12 +519,6 @@ export class Volume extends EventEmitter {
     }
     // Recorded on the source before anything is served (revoking the stale half's mappings if it is here).
     if (d.markStale && d.stale) await v.#markStale(d.stale, opts.force ? 'forced by the operator' : 'its metadata is gone');
-    // Every current half that is reachable but whose peer is unreachable: record it, so a restart knows.
-    for (const h of [...v.current]) if (!links[h]) v.current.delete(h);
-    if (v.current.size === 1 && !v.stale) {
-      const gone = other([...v.current][0]!);
-      await v.#markStale(gone, 'not reachable at recovery');
-    }
     log.info(
       `volume ${name} (${volumeId}) taken at epoch ${epoch}, generation ${image.generation} from the ${d.source}: ` +
         `${image.regionCount} regions, ${v.usedPages}/${image.volume.dataPages} pages used, state ${v.state}${v.stale ? `, ${v.stale} stale` : ''}`,
@@ -742,13 +736,16 @@ export class Volume extends EventEmitter {
 
   async #flushTouched(): Promise<void> {
     if (this.#touched.size === 0) return;
+    const pending = new Map(this.#touched);
     const update: RegionMeta[] = [];
-    for (const [id, at] of this.#touched) {
+    for (const [id, at] of pending) {
       const r = this.image.regionById(id);
       if (r) update.push({ ...r, lastOpenAtMs: at });
+      else this.#touched.delete(id);
     }
-    this.#touched.clear();
     if (update.length > 0) await this.commit({ update });
+    // Forgotten only once written (a failed write keeps them for the next one); a newer open stays pending.
+    for (const [id, at] of pending) if (this.#touched.get(id) === at) this.#touched.delete(id);
   }
 
   async #publishUsage(): Promise<void> {

@@ -100,7 +100,8 @@ std::vector<uint8_t> ToBytes(Napi::Env env, Napi::Value v, const std::string& na
 
 Napi::Object OptObject(Napi::Env env, Napi::Value v, const std::string& name) {
   if (v.IsUndefined() || v.IsNull()) return Napi::Object::New(env);
-  if (!v.IsObject()) ThrowArgType(env, name, "of type object", v);
+  // An options bag: a plain object (arrays and functions are objects to V8, not options).
+  if (!v.IsObject() || v.IsArray() || v.IsFunction()) ThrowArgType(env, name, "of type object", v);
   return v.As<Napi::Object>();
 }
 

@@ -8,6 +8,12 @@ const path = require('path');
 const { n, VerbsError, ok, done } = require('./common');
 
 const HOST = process.env.NPMU_RXE_ADDR;
+// The RDMA phases need the rxe address. Without it they used to be dropped in
+// silence; now that is a failure wherever RDMA is expected (in the micro-VM, or
+// on a host with an RDMA device). Only a host with no device at all runs the
+// device-less part alone, and says so.
+const RDMA_EXPECTED = !!process.env.NPMU_IN_VM || n.listDevices().length > 0;
+const PENDING_MS = Number(process.env.FUZZ_PENDING_MS || 30000);
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'npmu-fuzz-'));
 process.chdir(dir);
 let seed = Number(process.env.SEED || 12345);
@@ -16,6 +22,10 @@ const file = path.join(dir, 'f');
 fs.writeFileSync(file, Buffer.alloc(65536));
 
 async function main() {
+  if (!HOST) {
+    if (RDMA_EXPECTED) ok(false, `RDMA phases NOT run: NPMU_RXE_ADDR is unset though ${process.env.NPMU_IN_VM ? 'this is the rxe micro-VM' : 'this host has an RDMA device'} (set NPMU_RXE_ADDR to the device's IPv4 address)`);
+    else console.log('# RDMA phases NOT run: no RDMA device here and no NPMU_RXE_ADDR (device-less calls only)');
+  }
   const objs = {};
   objs.map = n.mapFile(file);
   objs.closedMap = n.mapFile(file);
@@ -76,6 +86,8 @@ async function main() {
   const bad = [];
   const pending = [];
   const N = Number(process.env.FUZZ_CALLS || 4000);
+  // Self-check of the hang detection (test/unit/fuzz-selfcheck.test.ts): one promise that never settles.
+  if (process.env.FUZZ_SELFCHECK_HANG) pending.push({ name: 'selfcheck (never settles)', settled: false, p: new Promise(() => {}) });
   const check = (name, e) => {
     const c = e && e.code;
     seen[c] = (seen[c] || 0) + 1;
@@ -88,13 +100,24 @@ async function main() {
     const args = Array.from({ length: rnd(7) }, arg);
     try {
       const r = fn(...args);
-      if (r && typeof r.then === 'function') pending.push(r.then((v) => { if (v && typeof v.close === 'function' && v !== objs.ep) v.close(); }, (e) => check(name + ' (async)', e)));
+      if (r && typeof r.then === 'function') {
+        const entry = { name, settled: false };
+        pending.push(entry);
+        entry.p = r.then((v) => { if (v && typeof v.close === 'function' && v !== objs.ep) v.close(); }, (e) => check(name + ' (async)', e))
+          .finally(() => { entry.settled = true; });
+      }
     } catch (e) {
       check(name, e);
     }
     if (i % 200 === 0) await new Promise((r) => setImmediate(r));
   }
-  await Promise.race([Promise.all(pending), new Promise((r) => setTimeout(r, 30000))]);
+  // A promise still pending after PENDING_MS is a hang: a failure, not a pass.
+  let timer;
+  await Promise.race([Promise.all(pending.map((e) => e.p)), new Promise((r) => { timer = setTimeout(r, PENDING_MS); })]);
+  clearTimeout(timer);
+  const hung = pending.filter((e) => !e.settled);
+  ok(hung.length === 0, `phase 1: all ${pending.length} promises settled within ${PENDING_MS} ms` +
+    (hung.length ? ` (${hung.length} still pending: ${[...new Set(hung.map((e) => e.name))].slice(0, 20).join(', ')})` : ''));
 
   // Phase 2: nearly valid work requests (hits posting, completions, WC errors,
   // error state, reconnects).
@@ -138,7 +161,17 @@ async function main() {
       }
       try { tmr.close(); } catch (e) { check('mr.close (in flight)', e); }
       if (process.env.FUZZ_DEBUG) console.log('post', i, ep.state, ep.inFlight, ep.busyPoll);
-      for (const p of ps) await p.then((r) => Array.isArray(r) && r.forEach((x) => !x.ok && check('result', x.error)), (e) => check('post (async)', e));
+      let settled = false;
+      let timer;
+      await Promise.race([
+        Promise.all(ps.map((p) => p.then((r) => Array.isArray(r) && r.forEach((x) => !x.ok && check('result', x.error)), (e) => check('post (async)', e)))).then(() => { settled = true; }),
+        new Promise((r) => { timer = setTimeout(r, PENDING_MS); }),
+      ]);
+      clearTimeout(timer);
+      if (!settled) {
+        ok(false, `phase 2: post ${i} (${ep.state}, ${ep.inFlight} in flight) still pending after ${PENDING_MS} ms`);
+        break;
+      }
       if (!tmr.closed) tmr.close();
     }
     ok(posted > M / 4, `phase 2: ${posted} posts`);

@@ -29,6 +29,27 @@ export function daxDevices(): string[] {
   return (process.env.NPMU_DAX_DEVICES ?? '').split(/\s+/).filter(Boolean);
 }
 
+/** Why a devdax test cannot run: NVDIMMs are required, never optional. */
+export function noDaxMessage(count: number): string {
+  const have = daxDevices().length;
+  return `NVDIMMs are required: this test needs ${count} devdax device(s) in NPMU_DAX_DEVICES, found ${have}. ` +
+    (process.env.NPMU_IN_VM
+      ? 'Boot the micro-VM with --nvdimm FILE:SIZE (npm test gives it two).'
+      : 'This host has no emulated NVDIMMs: run the RDMA tests in the micro-VM (scripts/rxe-vm.sh --nvdimm …), or list real devdax devices in NPMU_DAX_DEVICES.');
+}
+
+/**
+ * The devdax devices, at least `count` of them; otherwise the test FAILS with
+ * a message saying NVDIMMs are required (no devdax test is ever skipped) and
+ * this returns undefined: the caller returns.
+ */
+export function requireDax(t: { fail(message: string): unknown }, count = 1): string[] | undefined {
+  const d = daxDevices();
+  if (d.length >= count) return d;
+  t.fail(noDaxMessage(count));
+  return undefined;
+}
+
 /** A devdax device's mapping alignment, from sysfs (4 KiB in the micro-VM's namespaces). */
 export function daxAlignment(dev: string): number {
   return Number(fs.readFileSync(`/sys/bus/dax/devices/${path.basename(dev)}/align`, 'utf8').trim());

@@ -2,7 +2,7 @@
  * (translated) mappings: bytes checked at the far side. */
 import * as fs from 'node:fs';
 import t from 'tap';
-import { connectedPair, daxAlignment, regAll, tmpfsFile, daxDevices, ALL } from './fixture';
+import { connectedPair, daxAlignment, regAll, tmpfsFile, requireDax, ALL } from './fixture';
 import { mapFile, mapExtents, registerMemory } from '../../lib/verbs';
 
 t.test('MR over a tmpfs file mapping at iova: RDMA WRITE lands in the file', async (t) => {
@@ -65,11 +65,8 @@ t.test('stitched mapping: three discontiguous extents, writes across the seams',
 });
 
 t.test('MR over devdax at iova: RDMA WRITE lands in the device', async (t) => {
-  const dax = daxDevices()[0];
-  if (!dax) {
-    t.fail('no devdax device (the micro-VM provides /dev/dax0.0 via NPMU_DAX_DEVICES)');
-    return;
-  }
+  const dax = requireDax(t)?.[0];
+  if (!dax) return; // failed: NVDIMMs are required
   const p = await connectedPair();
   t.teardown(() => p.close());
   const a = daxAlignment(dax);

@@ -16,7 +16,7 @@ import type { UnitAddress } from '../../pmm/volume';
 import { NpmuClient } from '../../lib/client';
 import type { AttachOptions } from '../../lib/client';
 import { ControlConnection } from '../../lib/protocol';
-import { daxDevices, deviceName, rdmaAddress } from './fixture';
+import { daxDevices, deviceName, noDaxMessage, rdmaAddress } from './fixture';
 import { startUnitProcess, mountExt4 } from './unit-helpers';
 import type { UnitProcess } from './unit-helpers';
 
@@ -96,10 +96,12 @@ export function fileDir(): string {
   return fileDirCache;
 }
 
-/** The two emulated NVDIMMs of the VM (pmem durability), or tmpfs files when there are none. */
-export function pmemDevices(): [string, string] | null {
+/** The two emulated NVDIMMs of the VM (pmem durability). NVDIMMs are required:
+ * without two, this throws (a test asking for tmpfs says so with devices: 'tmpfs'). */
+export function pmemDevices(): [string, string] {
   const d = daxDevices();
-  return d.length >= 2 ? [d[0]!, d[1]!] : null;
+  if (d.length < 2) throw new Error(noDaxMessage(2));
+  return [d[0]!, d[1]!];
 }
 
 export interface System {
