@@ -31,6 +31,7 @@ async function main() {
   objs.closedMap = n.mapFile(file);
   objs.closedMap.close();
   let server;
+  let acceptAll = null;
   if (HOST) {
     objs.ctx = n.openContext(process.env.NPMU_RXE_DEV || 'rxe0');
     objs.pd = new n.ProtectionDomain(objs.ctx);
@@ -42,7 +43,8 @@ async function main() {
     objs.closedMr.close();
     objs.listener = n.listen({ host: HOST });
     const reqs = [];
-    objs.listener.onRequest = (r) => { reqs.push(r); r.accept({ pd: objs.pd }).then((e) => (server = e), () => {}); };
+    acceptAll = (r) => { reqs.push(r); r.accept({ pd: objs.pd }).then((e) => (server = e), () => {}); };
+    objs.listener.onRequest = acceptAll;
     objs.ep = await n.connect({ host: HOST, port: objs.listener.port });
     while (!server) await new Promise((r) => setTimeout(r, 5));
     objs.sep = server;
@@ -122,6 +124,8 @@ async function main() {
   // Phase 2: nearly valid work requests (hits posting, completions, WC errors,
   // error state, reconnects).
   if (HOST) {
+    // Phase 1 may have set the listener's onRequest to anything (its setter is a target): phase 2 reconnects through it.
+    objs.listener.onRequest = acceptAll;
     let ep = objs.ep;
     let lmr = objs.epMr;
     const M = Number(process.env.FUZZ_POSTS || 1500);
