@@ -438,7 +438,8 @@ export class NpmuClient extends EventEmitter {
    * `basePointer` ([0069]) is the pointer value of the first byte, fixed for
    * life; default 0 (file-like offsets). Errors: ERR_NPMU_REGION_EXISTS,
    * ERR_NPMU_NO_SPACE, ERR_OUT_OF_RANGE (basePointer + size passes 2^64),
-   * ERR_NPMU_VOLUME_DEGRADED (a half is down).
+   * ERR_NPMU_VOLUME_OFFLINE (no current half is reachable). A degraded volume
+   * creates on its current half; the stale half gets the region at resync.
    */
   async createRegion(name: string, size: number, basePointer: bigint | number = 0n, opts?: { durable?: boolean }): Promise<void> {
     checkName(name);
@@ -556,7 +557,10 @@ export class NpmuClient extends EventEmitter {
    * [0087]). With Mirror.BOTH (default) both halves' work requests are
    * posted before either is awaited. A half that is unavailable is
    * ERR_NPMU_HALF_UNAVAILABLE (its `written` property lists the halves that
-   * did take the data).
+   * did take the data); a stale half is ERR_NPMU_HALF_STALE. A PRIMARY or
+   * MIRROR write first has the PMM record the other half stale (once per
+   * client): nothing only one half holds is acknowledged before that
+   * (docs/consistency.md).
    */
   async writeRegion(handle: RegionHandle, buf: ArrayBufferView, len: number | undefined, writePointer: bigint | number, opts?: WriteOptions): Promise<WriteResult> {
     const h = this.#checkHandle(handle);
@@ -629,6 +633,8 @@ export class NpmuClient extends EventEmitter {
    * into `buf`. ReadFrom.ANY (default) reads the primary and, if that fails,
    * the mirror, transparently ([0091]); PRIMARY / MIRROR read only that half
    * and fail with ERR_NPMU_HALF_UNAVAILABLE if it cannot be read ([0093]-[0094]).
+   * A stale half is never read (ERR_NPMU_HALF_STALE); reading one half while
+   * the other is out of reach first asks the PMM, once, that it is current.
    */
   async readRegion(handle: RegionHandle, buf: ArrayBufferView, len: number | undefined, readPointer: bigint | number, opts?: ReadOptions): Promise<ReadResult> {
     const h = this.#checkHandle(handle);
