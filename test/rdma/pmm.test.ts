@@ -14,6 +14,7 @@ import { rdmaAddress } from './fixture';
 import { KEY, MiB, SECRETS, child, clients, fileDir, keyFile, pmmProcess, shmPath, startSystem, unitInProcess, until } from './pmm-helpers';
 import { startUnitProcess } from './unit-helpers';
 import { PmmServer } from '../../pmm/server';
+import { MetaImage } from '../../pmm/metadata';
 import type { System } from './pmm-helpers';
 
 // Every RDMA test file shares one tap root in one process (run.ts); its default
@@ -437,6 +438,93 @@ t.test('the fork of the issue on real units: a delete acknowledged on the primar
     await p.kill();
     await m.kill();
     for (const d of Object.values(dev)) fs.rmSync(d, { force: true });
+  }
+});
+
+t.test('10,000 regions on real units: recovered by a PMM, listed, opened, written, created and deleted against a model, recovered again', async (t) => {
+  // Two tmpfs units of 160 MiB (the 8 MiB default metadata area). The 10,000 regions are laid down by
+  // pmm/metadata.ts (the code a PMM runs) and written to both units: creating them one by one through a
+  // PMM would take hours under TCG (bench:meta times single creates at this size).
+  const N = 10_000;
+  const p = await unitInProcess(shmPath(), 160 * MiB);
+  const m = await unitInProcess(shmPath(), 160 * MiB);
+  const units = [p.address, m.address];
+  let pmm = await PmmServer.start({ key: KEY, clients, host: rdmaAddress(), port: 0, units });
+  const ops = await ControlConnection.connect({ host: rdmaAddress(), port: pmm.port });
+  await ops.request('create-volume', { volume: 'ten', primary: p.address, mirror: m.address, force: true }, { timeoutMs: 60_000 });
+  ops.close();
+  const v0 = pmm.volumes.get('ten')!;
+  const { volume, epoch } = { volume: v0.image.volume, epoch: v0.epoch };
+  await pmm.close();
+  let seed = 99;
+  const rnd = (k: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff), seed % k);
+  const model = new Map<string, number>(); // name -> size, in creation order
+  const image = MetaImage.create(volume, Math.min(p.server!.device.metaLength, m.server!.device.metaLength));
+  let page = 0;
+  for (let i = 0; i < N; i++) {
+    const name = `r${String(i).padStart(5, '0')}-${'n'.repeat(rnd(40))}`;
+    const size = 1 + rnd(8192);
+    const pages = Math.ceil(size / 4096);
+    image.apply(
+      image.plan(
+        {
+          add: {
+            id: image.volume.nextRegionId, name, size, basePointer: BigInt(i) << 20n, owner: 'alice', createdAtMs: Date.now(), lastOpenAtMs: 0, durable: true,
+            primaryExtents: [{ page, pages }], mirrorExtents: [{ page, pages }],
+          },
+        },
+        { epoch, writer: '0'.repeat(31) + '2' },
+      ),
+    );
+    page += pages;
+    model.set(name, size);
+  }
+  const img = image.fullImage({ epoch, writer: '0'.repeat(31) + '2' }, { peerStale: false, staleSince: 0 });
+  for (const u of [p, m]) for (const w of [...img.pageWrites, { offset: img.rootOffset, bytes: img.rootBytes }]) u.server!.device.writeMeta(w.offset, w.bytes, true);
+  try {
+    pmm = await PmmServer.start({ key: KEY, clients, host: rdmaAddress(), port: 0, units });
+    const c = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'alice', secret: SECRETS.alice!, volume: 'ten' });
+    const l = await c.listRegions(4096);
+    t.equal(l.count, N, 'a PMM recovered all 10,000 regions from the units');
+    t.same(l.names, [...model.keys()].slice(0, 4096), 'listed in creation order');
+    const names = [...model.keys()];
+    for (let k = 0; k < 12; k++) {
+      const name = names[rnd(names.length)]!;
+      const h = await c.openRegion(name);
+      t.equal(h.size, model.get(name));
+      const msg = Buffer.from(`region ${name.slice(0, 6)}`);
+      await c.writeRegion(h, msg, msg.length, h.basePointer + BigInt(h.size - msg.length));
+      const back = Buffer.alloc(msg.length);
+      await c.readRegion(h, back, back.length, h.basePointer + BigInt(h.size - msg.length), { mirror: ReadFrom.MIRROR });
+      t.equal(back.toString(), msg.toString());
+      await c.closeRegion(h);
+    }
+    for (let k = 0; k < 25; k++) {
+      const name = `new-${k}`;
+      const size = 1 + rnd(20_000);
+      await c.createRegion(name, size, 0n);
+      model.set(name, size);
+    }
+    for (let k = 0; k < 25; k++) {
+      const all = [...model.keys()];
+      const name = all[rnd(all.length)]!;
+      await c.deleteRegion(name);
+      model.delete(name);
+    }
+    await t.rejects(c.createRegion([...model.keys()][0]!, 1, 0n), { code: 'ERR_NPMU_REGION_EXISTS' }, 'names stay unique among 10,000');
+    t.equal((await c.listRegions(0)).count, model.size);
+    await c.close();
+    await pmm.close();
+    pmm = await PmmServer.start({ key: KEY, clients, host: rdmaAddress(), port: 0, units });
+    const v = pmm.volumes.get('ten')!;
+    t.equal(v.state, 'ok');
+    const got = new Map(v.image.toMeta().regions.map((r) => [r.name, r.size]));
+    t.equal(got.size, model.size, `a fresh PMM recovered ${model.size} regions`);
+    t.same([...got].sort(), [...model].sort(), 'every name and size as the model says');
+  } finally {
+    await pmm.close();
+    await p.kill();
+    await m.kill();
   }
 });
 
