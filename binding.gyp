@@ -7,6 +7,7 @@
         "native/connection_request.cc",
         "native/context.cc",
         "native/endpoint.cc",
+        "native/fanout.cc",
         "native/listener.cc",
         "native/mapping.cc",
         "native/mr.cc",

@@ -55,7 +55,7 @@ import { NpmuError, argRangeError, argTypeError, argValueError } from './errors'
 import { ControlConnection, MAX_LIST } from './protocol';
 import type { OkReply, ReplyBody } from './protocol';
 import * as verbs from './verbs';
-import type { Endpoint, MemoryRegion, WorkRequest, WorkResult } from './verbs';
+import type { Endpoint, MemoryRegion } from './verbs';
 import { AttrCache } from '../pmm/attrs';
 
 /** Which half a write goes to ([0088]). */
@@ -222,6 +222,31 @@ interface CachedRegistration {
   inflight: number;
 }
 
+/** A region's data-path plan: one Fanout leg per half this client reaches. */
+interface Plan {
+  fan: verbs.Fanout;
+  /** leg index of each half (-1: no leg) */
+  leg: Record<Half, number>;
+  /** the halves of the legs, in leg order */
+  halves: Half[];
+  /** each leg's staging registration, in leg order */
+  staging: MemoryRegion[];
+  /** the durable write method of each half */
+  methods: Record<Half, WriteMethod>;
+}
+
+/** One write of a batch: `n` bytes of `view` at region offset `off`. */
+interface WritePart {
+  view: ArrayBufferView;
+  n: number;
+  off: bigint;
+}
+
+const MAX_BATCH = 4096;
+const MIRROR_MODES = Object.values(Mirror);
+const READ_MODES = Object.values(ReadFrom);
+const NO_METHODS: Record<Half, WriteMethod> = { primary: 'none', mirror: 'none' };
+
 interface LocalSlice {
   mr(h: Half): MemoryRegion;
   offset: number;
@@ -310,6 +335,8 @@ export class NpmuClient extends EventEmitter {
   #freeSlots: number[];
   #cache = new Map<ArrayBufferLike, CachedRegistration>();
   #inflight = 0;
+  /** Per open handle: its fan-out plan (lib/native.ts: Fanout), made at the first transfer. */
+  #plans = new WeakMap<RegionHandle, Plan>();
   /** Halves this client has had the PMM record stale (single-half writes), or learnt are stale. */
   #staleRecorded = new Set<Half>();
   /** Halves the PMM confirmed current while the other was out of this client's reach. */
@@ -543,11 +570,11 @@ export class NpmuClient extends EventEmitter {
     return p - h.basePointer;
   }
 
-  #checkLen(len: unknown, buf: ArrayBufferView): number {
+  #checkLen(len: unknown, buf: ArrayBufferView, what = 'len'): number {
     if (len === undefined) len = buf.byteLength;
-    if (typeof len !== 'number') throw argTypeError('len', 'of type number', len);
-    if (!Number.isSafeInteger(len) || len < 1 || len > buf.byteLength) throw argRangeError('len', `an integer in [1, buf.byteLength = ${buf.byteLength}]`, len);
-    if (len > 0x7fffffff) throw argRangeError('len', 'at most 2^31 - 1 bytes per transfer', len);
+    if (typeof len !== 'number') throw argTypeError(what, 'of type number', len);
+    if (!Number.isSafeInteger(len) || len < 1 || len > buf.byteLength) throw argRangeError(what, `an integer in [1, buf.byteLength = ${buf.byteLength}]`, len);
+    if (len > 0x7fffffff) throw argRangeError(what, 'at most 2^31 - 1 bytes per transfer', len);
     return len;
   }
 
@@ -555,77 +582,200 @@ export class NpmuClient extends EventEmitter {
    * write_region ([0086]-[0088]): RDMA WRITE of `len` bytes of `buf` at
    * `writePointer` (network address = pointer − base pointer + base NVA,
    * [0087]). With Mirror.BOTH (default) both halves' work requests are
-   * posted before either is awaited. A half that is unavailable is
-   * ERR_NPMU_HALF_UNAVAILABLE (its `written` property lists the halves that
-   * did take the data); a stale half is ERR_NPMU_HALF_STALE. A PRIMARY or
-   * MIRROR write first has the PMM record the other half stale (once per
-   * client): nothing only one half holds is acknowledged before that
-   * (docs/consistency.md).
+   * posted in one native call, before either is awaited (lib/native.ts:
+   * Fanout). A half that is unavailable is ERR_NPMU_HALF_UNAVAILABLE (its
+   * `written` property lists the halves that did take the data); a stale half
+   * is ERR_NPMU_HALF_STALE. A PRIMARY or MIRROR write first has the PMM record
+   * the other half stale (once per client): nothing only one half holds is
+   * acknowledged before that (docs/consistency.md).
    */
   async writeRegion(handle: RegionHandle, buf: ArrayBufferView, len: number | undefined, writePointer: bigint | number, opts?: WriteOptions): Promise<WriteResult> {
     const h = this.#checkHandle(handle);
     const view = checkView(buf);
     const n = this.#checkLen(len, view);
     const off = this.#checkRange(h, writePointer, n, 'writePointer');
+    const [mirror, durable] = this.#writeOptions(h, opts);
+    return this.#write(h, mirror, durable, [{ view, n, off }]);
+  }
+
+  /**
+   * Many writes to one region at once: every item's bytes go out in ONE post
+   * per half (a chain of RDMA WRITEs, then one fence per half when the write
+   * is durable), and one result covers the batch. Items may overlap; they are
+   * applied in order on each half. Items of at most `stagingThreshold` bytes
+   * are copied into pre-registered memory; larger ones are sent from their own
+   * (cached) registration. Every item is checked before anything is posted
+   * (ERR_INVALID_ARG_TYPE / ERR_OUT_OF_RANGE naming `items[i]`); a half that
+   * fails part-way fails the whole batch on that half
+   * (ERR_NPMU_HALF_UNAVAILABLE, `written` lists the halves that took all of
+   * it). Options as for writeRegion. Up to 4,096 items.
+   */
+  async writeRegionBatch(handle: RegionHandle, items: ReadonlyArray<{ buf: ArrayBufferView; pointer: bigint | number; len?: number }>, opts?: WriteOptions): Promise<WriteResult> {
+    const h = this.#checkHandle(handle);
+    if (!Array.isArray(items)) throw argTypeError('items', 'an Array of { buf, pointer, len? }', items);
+    if (items.length < 1 || items.length > MAX_BATCH) throw argRangeError('items.length', `an integer in [1, ${MAX_BATCH}]`, items.length);
+    const parts: WritePart[] = [];
+    for (let i = 0; i < items.length; i++) {
+      if (items[i] === undefined) throw argTypeError(`items[${i}]`, 'an object { buf, pointer, len? }', items[i]);
+      const it = checkOptions(items[i], `items[${i}]`);
+      const view = checkView(it.buf, `items[${i}].buf`);
+      const n = this.#checkLen(it.len, view, `items[${i}].len`);
+      const off = this.#checkRange(h, it.pointer, n, `items[${i}].pointer`);
+      parts.push({ view, n, off });
+    }
+    const [mirror, durable] = this.#writeOptions(h, opts);
+    return this.#write(h, mirror, durable, parts);
+  }
+
+  #writeOptions(h: RegionHandle, opts: WriteOptions | undefined): [MirrorMode, boolean] {
+    if (opts === undefined) return ['both', h.durable];
     const o = checkOptions(opts, 'opts');
-    const mirror = checkEnum(o.mirror ?? Mirror.BOTH, 'opts.mirror', Object.values(Mirror));
+    const mirror = o.mirror === undefined ? 'both' : checkEnum(o.mirror, 'opts.mirror', MIRROR_MODES);
     if (o.durable !== undefined && typeof o.durable !== 'boolean') throw argTypeError('opts.durable', 'of type boolean', o.durable);
-    const durable = (o.durable as boolean | undefined) ?? h.durable;
+    return [mirror, (o.durable as boolean | undefined) ?? h.durable];
+  }
+
+  async #write(h: RegionHandle, mirror: MirrorMode, durable: boolean, parts: WritePart[]): Promise<WriteResult> {
     const halves: Half[] = mirror === 'both' ? ['primary', 'mirror'] : [mirror];
     for (const half of halves) this.#usableFor(h, half);
     // One history: a write only one half takes is acknowledged only once the other is recorded stale.
     if (mirror !== 'both') await this.#recordStale(mirror === 'primary' ? 'mirror' : 'primary', h, `a ${mirror}-only write`);
-
-    const local = this.#local(view, n, halves);
+    const plan = this.#plan(h);
+    let mask = 0;
+    for (const half of halves) mask |= 1 << plan.leg[half];
+    const methods = durable ? plan.methods : NO_METHODS;
+    const fence = durable && halves.some((x) => plan.methods[x] === 'read-after-write' || plan.methods[x] === 'unit-flush');
+    const total = parts.length === 1 ? parts[0]!.n : parts.reduce((a, p) => a + p.n, 0);
     this.#inflight++;
+    let releases: Array<() => void> | undefined;
+    let outcome: verbs.FanoutOutcome;
     try {
-      if (local.staged) this.#stagingBuf.set(new Uint8Array(view.buffer, view.byteOffset, n), local.offset);
-      const items: Array<{ ep: Endpoint } & WorkRequest> = [];
-      const owner: Half[] = [];
-      const methods: Partial<Record<Half, WriteMethod>> = {};
-      for (const half of halves) {
-        const p = this.#paths[half];
-        const rh = h[half];
-        methods[half] = durable ? methodFor(rh.durability, p.persistDomain) : 'none';
-        const remoteAddr = rh.baseNva + off;
-        items.push({ ep: p.ep!, op: 'write', mr: local.mr(half), offset: local.offset, length: n, remoteAddr, rkey: rh.rkey });
-        owner.push(half);
-        if (methods[half] === 'read-after-write' || methods[half] === 'unit-flush') {
-          // read-after-write: completes only once the WRITE has been placed in the unit's memory
-          const k = Math.min(8, n);
-          items.push({ ep: p.ep!, op: 'read', mr: p.scratch!, offset: 0, length: k, remoteAddr: remoteAddr + BigInt(n - k), rkey: rh.rkey });
-          owner.push(half);
-        }
+      if (parts.length === 1 && total <= plan.fan.maxInline) {
+        // Small: the bytes travel inside the work request (no staging, no registration).
+        const p = parts[0]!;
+        outcome = await plan.fan.write(p.view, 0, p.n, p.off, mask, fence);
+      } else {
+        releases = [];
+        outcome = await this.#postParts(plan, parts, mask, fence, releases);
       }
-      const failed = await this.#post(items, owner);
-      const written = halves.filter((x) => !failed.has(x));
-      if (failed.size > 0) {
-        const [half, e] = [...failed][0]!;
-        throw unavailable(half, `write failed: ${e.message}`, { cause: e, written });
-      }
-      let durability: Durability | 'none' = 'none';
-      let isDurable = false;
-      if (durable) {
-        const modes = halves.map((x) => h[x].durability);
-        durability = modes.includes('volatile') ? 'volatile' : modes.includes('msync') ? 'msync' : 'pmem';
-        await Promise.all(
-          halves.map(async (x) => {
-            if (methods[x] !== 'msync' && methods[x] !== 'unit-flush') return;
-            try {
-              await this.#paths[x].ctl!.request('persist-range', { sessionId: this.sessionId, mapId: h[x].mapId, offset: Number(off), length: n });
-            } catch (e) {
-              if ((e as NpmuError).code === 'ERR_NPMU_DISCONNECTED' || (e as NpmuError).code === 'ERR_NPMU_TIMEOUT') this.#halfDown(x, e as Error);
-              throw new NpmuError('ERR_NPMU_PERSIST_FAILED', `the ${x} unit did not persist the write: ${(e as Error).message}`, { half: x, cause: e, written });
-            }
-          }),
-        );
-        isDurable = durability !== 'volatile';
-      }
-      return { bytes: n, halves, durable: isDurable, durability, methods };
     } finally {
       this.#inflight--;
-      local.release();
+      if (releases) for (const r of releases) r();
     }
+    if (outcome !== undefined) {
+      const failed: Half[] = [];
+      let first: Error | undefined;
+      for (const half of halves) {
+        const e = outcome[plan.leg[half]];
+        if (!e) continue;
+        failed.push(half);
+        first ??= e;
+        // A local refusal (no queue slot, detached memory) says nothing about the half.
+        if (!LOCAL_POST_ERRORS.has((e as NpmuError).code)) this.#halfDown(half, e);
+      }
+      if (failed.length > 0) {
+        const written = halves.filter((x) => !failed.includes(x));
+        throw unavailable(failed[0]!, `write failed: ${first!.message}`, { cause: first, written });
+      }
+    }
+    if (!durable) return { bytes: total, halves, durable: false, durability: 'none', methods: mirror === 'both' ? { primary: 'none', mirror: 'none' } : { [mirror]: 'none' } };
+    const modes = halves.map((x) => h[x].durability);
+    const durability: Durability = modes.includes('volatile') ? 'volatile' : modes.includes('msync') ? 'msync' : 'pmem';
+    const persist = halves.filter((x) => methods[x] === 'msync' || methods[x] === 'unit-flush');
+    if (persist.length > 0) await Promise.all(persist.map((x) => this.#persistParts(h, x, parts, halves)));
+    const m: Partial<Record<Half, WriteMethod>> = {};
+    for (const x of halves) m[x] = methods[x];
+    return { bytes: total, halves, durable: durability !== 'volatile', durability, methods: m };
+  }
+
+  /** Posts the parts as one writev per source: staged (copied into pre-registered slots) or from a cached registration of their buffer. */
+  #postParts(plan: Plan, parts: WritePart[], mask: number, fence: boolean, releases: Array<() => void>): Promise<verbs.FanoutOutcome> {
+    // Group the parts by source; ops are [srcOffset, length, remoteOffset] triples.
+    const groups: Array<{ src: MemoryRegion[]; ops: number[] }> = [];
+    let staged: { src: MemoryRegion[]; ops: number[]; base: number; used: number } | undefined;
+    const byBuffer = new Map<ArrayBufferLike, { src: MemoryRegion[]; ops: number[] }>();
+    for (const p of parts) {
+      if (p.n <= this.#threshold) {
+        if (!staged || staged.used + p.n > this.#threshold) {
+          const slot = this.#freeSlots.pop();
+          if (slot !== undefined) {
+            releases.push(() => this.#freeSlots.push(slot));
+            staged = { src: plan.staging, ops: [], base: slot * this.#threshold, used: 0 };
+            groups.push(staged);
+          } else {
+            staged = undefined;
+          }
+        }
+        if (staged) {
+          const at = staged.base + staged.used;
+          this.#stagingBuf.set(new Uint8Array(p.view.buffer, p.view.byteOffset, p.n), at);
+          staged.ops.push(at, p.n, Number(p.off));
+          staged.used += p.n;
+          continue;
+        }
+      }
+      // From the caller's own memory, registered once and cached.
+      const ab = p.view.buffer;
+      let g = byBuffer.get(ab);
+      if (!g) {
+        const entry = this.#register(ab, plan.halves);
+        entry.inflight++;
+        releases.push(() => entry.inflight--);
+        g = { src: plan.halves.map((x) => entry.mrs[x]!), ops: [] };
+        byBuffer.set(ab, g);
+        groups.push(g);
+      }
+      g.ops.push(p.view.byteOffset, p.n, Number(p.off));
+    }
+    const posts = groups.map((g, i) =>
+      g.ops.length === 3
+        ? plan.fan.write(g.src, g.ops[0]!, g.ops[1]!, g.ops[2]!, mask, fence && i === groups.length - 1)
+        : plan.fan.writev(g.src, new Float64Array(g.ops), mask, fence && i === groups.length - 1),
+    );
+    if (posts.length === 1) return posts[0]!;
+    return Promise.all(posts).then((outs) => {
+      let merged: Array<Error | undefined> | undefined;
+      for (const o of outs) {
+        if (!o) continue;
+        merged ??= new Array<Error | undefined>(plan.halves.length).fill(undefined);
+        o.forEach((e, i) => (merged![i] ??= e));
+      }
+      return merged;
+    });
+  }
+
+  async #persistParts(h: RegionHandle, x: Half, parts: WritePart[], halves: Half[]): Promise<void> {
+    // One persist-range over the span the parts cover.
+    let lo = parts[0]!.off;
+    let hi = lo + BigInt(parts[0]!.n);
+    for (const p of parts) {
+      if (p.off < lo) lo = p.off;
+      if (p.off + BigInt(p.n) > hi) hi = p.off + BigInt(p.n);
+    }
+    try {
+      await this.#paths[x].ctl!.request('persist-range', { sessionId: this.sessionId, mapId: h[x].mapId, offset: Number(lo), length: Number(hi - lo) });
+    } catch (e) {
+      if ((e as NpmuError).code === 'ERR_NPMU_DISCONNECTED' || (e as NpmuError).code === 'ERR_NPMU_TIMEOUT') this.#halfDown(x, e as Error);
+      throw new NpmuError('ERR_NPMU_PERSIST_FAILED', `the ${x} unit did not persist the write: ${(e as Error).message}`, { half: x, cause: e, written: halves });
+    }
+  }
+
+  /** The region's fan-out plan: one leg per half connected to this client, made once per handle. */
+  #plan(h: RegionHandle): Plan {
+    let plan = this.#plans.get(h);
+    if (plan) return plan;
+    const halves = HALVES.filter((x) => this.#paths[x].ep !== null && h[x].available);
+    if (halves.length === 0) throw unavailable('both', this.#why(h));
+    const leg = { primary: -1, mirror: -1 } as Record<Half, number>;
+    halves.forEach((x, i) => (leg[x] = i));
+    const fan = verbs.newFanout(
+      halves.map((x) => ({ ep: this.#paths[x].ep!, rkey: h[x].rkey, remoteAddr: h[x].baseNva, length: h.size, fence: this.#paths[x].scratch! })),
+    );
+    const methods = {} as Record<Half, WriteMethod>;
+    for (const x of HALVES) methods[x] = methodFor(h[x].durability, this.#paths[x].persistDomain);
+    plan = { fan, leg, halves, staging: halves.map((x) => this.#paths[x].staging!), methods };
+    this.#plans.set(h, plan);
+    return plan;
   }
 
   /**
@@ -641,9 +791,8 @@ export class NpmuClient extends EventEmitter {
     const view = checkView(buf);
     const n = this.#checkLen(len, view);
     const off = this.#checkRange(h, readPointer, n, 'readPointer');
-    const o = checkOptions(opts, 'opts');
-    const mode = checkEnum(o.mirror ?? ReadFrom.ANY, 'opts.mirror', Object.values(ReadFrom));
-    let order: Half[];
+    const mode = opts === undefined ? 'any' : checkEnum(checkOptions(opts, 'opts').mirror ?? ReadFrom.ANY, 'opts.mirror', READ_MODES);
+    let order: readonly Half[];
     if (mode === 'any') {
       order = HALVES.filter((x) => h[x].available && this.#paths[x].usable);
       if (order.length === 0) throw unavailable('both', this.#why(h));
@@ -651,6 +800,7 @@ export class NpmuClient extends EventEmitter {
       this.#usableFor(h, mode);
       order = [mode];
     }
+    const plan = this.#plan(h);
     const local = this.#local(view, n, order);
     this.#inflight++;
     try {
@@ -661,11 +811,10 @@ export class NpmuClient extends EventEmitter {
         // (a half the PMM lost could not have its old mappings revoked). Once per half; never on the common path.
         const peer: Half = half === 'primary' ? 'mirror' : 'primary';
         if (!(h[peer].available && this.#paths[peer].usable) && !this.#confirmed.has(half)) await this.#confirmCurrent(half);
-        const p = this.#paths[half];
-        const rh = h[half];
-        const failed = await this.#post([{ ep: p.ep!, op: 'read', mr: local.mr(half), offset: local.offset, length: n, remoteAddr: rh.baseNva + off, rkey: rh.rkey }], [half]);
-        const e = failed.get(half);
+        const out = await plan.fan.read(local.mr(half), local.offset, n, off, plan.leg[half]);
+        const e = out?.[plan.leg[half]];
         if (e) {
+          if (!LOCAL_POST_ERRORS.has((e as NpmuError).code)) this.#halfDown(half, e);
           last = e;
           continue; // [0091] ANY: try the other half
         }
@@ -714,36 +863,6 @@ export class NpmuClient extends EventEmitter {
     if (!this.#paths[half].usable) throw unavailable(half, this.#paths[half].lastError?.message ?? 'not connected');
   }
 
-  /** Posts across endpoints; returns the halves whose work failed (and marks them down). */
-  async #post(items: Array<{ ep: Endpoint } & WorkRequest>, owner: Half[]): Promise<Map<Half, Error>> {
-    const failed = new Map<Half, Error>();
-    let results: WorkResult[];
-    try {
-      results = await verbs.postAll(items);
-    } catch {
-      // The post itself was refused (an endpoint no longer connected): find out which, half by half.
-      results = new Array<WorkResult>(items.length);
-      for (const half of new Set(owner)) {
-        const idx = owner.flatMap((o, i) => (o === half ? [i] : []));
-        try {
-          const res = await items[idx[0]!]!.ep.post(idx.map((i) => {
-            const { ep: _ep, ...wr } = items[i]!;
-            return wr as WorkRequest;
-          }));
-          idx.forEach((i, k) => (results[i] = res[k]!));
-        } catch (e) {
-          for (const i of idx) results[i] = { ok: false, error: e as Error };
-        }
-      }
-    }
-    results.forEach((r, i) => {
-      if (!r.ok && !failed.has(owner[i]!)) failed.set(owner[i]!, r.error);
-    });
-    // A local refusal (no queue slot, detached memory) says nothing about the half.
-    for (const [half, e] of failed) if (!LOCAL_POST_ERRORS.has((e as NpmuError).code)) this.#halfDown(half, e);
-    return failed;
-  }
-
   // ---- local memory ------------------------------------------------------------
 
   #local(view: ArrayBufferView, n: number, halves: readonly Half[]): LocalSlice {
@@ -760,7 +879,23 @@ export class NpmuClient extends EventEmitter {
         },
       };
     }
-    const ab = view.buffer;
+    const entry = this.#register(view.buffer, halves);
+    const e = entry;
+    e.inflight++;
+    let released = false;
+    return {
+      mr: (h) => e.mrs[h]!,
+      offset: view.byteOffset,
+      staged: false,
+      release: () => {
+        if (!released) e.inflight--;
+        released = true;
+      },
+    };
+  }
+
+  /** The cached registration of `ab` on each of `halves` (made, and the cache trimmed, if need be). */
+  #register(ab: ArrayBufferLike, halves: readonly Half[]): CachedRegistration {
     let entry = this.#cache.get(ab);
     if (entry) {
       this.#cache.delete(ab); // LRU: move to the end
@@ -775,26 +910,15 @@ export class NpmuClient extends EventEmitter {
         entry.mrs[h] = verbs.registerMemory(ep.pd, new Uint8Array(ab, 0, ab.byteLength), { access: verbs.Access.LOCAL_WRITE });
       }
     }
-    const e = entry;
-    e.inflight++;
-    this.#evict();
-    let released = false;
-    return {
-      mr: (h) => e.mrs[h]!,
-      offset: view.byteOffset,
-      staged: false,
-      release: () => {
-        if (!released) e.inflight--;
-        released = true;
-      },
-    };
+    this.#evict(entry);
+    return entry;
   }
 
-  #evict(): void {
+  #evict(keep?: CachedRegistration): void {
     if (this.#cache.size <= this.#maxCached) return;
     for (const [ab, e] of this.#cache) {
       if (this.#cache.size <= this.#maxCached) break;
-      if (e.inflight > 0) continue;
+      if (e.inflight > 0 || e === keep) continue;
       this.#dropRegistration(ab, e);
     }
   }

@@ -311,6 +311,51 @@ export interface NativeListener {
   close(): void;
 }
 
+/** One leg of a Fanout: a connected endpoint and the remote window its writes may touch. */
+export interface FanoutLeg {
+  ep: NativeEndpoint;
+  rkey: number;
+  /** remote address of the window's first byte */
+  remoteAddr: bigint;
+  /** window length in bytes (number or bigint): every access must lie inside */
+  length: number | bigint;
+  /** >= 8 bytes, LOCAL_WRITE, on the endpoint's PD: where the fence READ lands */
+  fence?: NativeMemoryRegion;
+}
+
+/**
+ * Per-leg outcome of a Fanout operation: `undefined` when every work request
+ * succeeded; otherwise one entry per leg, the first error of that leg
+ * (undefined for legs that succeeded or were not selected). Resolves, never
+ * rejects, for work that was posted; bad arguments throw synchronously.
+ */
+export type FanoutOutcome = undefined | Array<Error | undefined>;
+
+/**
+ * The lean path for one write to several targets (e.g. the two halves of a
+ * mirror): ONE call posts an RDMA WRITE of the same local bytes on every
+ * selected leg and, with `fence`, an RDMA READ of the last (up to) 8 bytes
+ * written right behind it on each (on a reliable connection a READ completes
+ * only after the responder executed the WRITEs before it), posting every leg
+ * before polling any, and settles ONE promise. No per-operation JS objects on
+ * success. Bounds are checked natively against each leg's window.
+ *
+ * `src`: a MemoryRegion on every selected leg's PD, one MemoryRegion per leg,
+ * or an ArrayBufferView whose bytes are copied into the work request (inline;
+ * at most `maxInline` bytes per write, no registration needed).
+ */
+export interface NativeFanout {
+  readonly legs: number;
+  /** the largest write the legs send inline (from an ArrayBufferView source) */
+  readonly maxInline: number;
+  /** legMask: bit i selects leg i (default: all) */
+  write(src: NativeMemoryRegion | NativeMemoryRegion[] | ArrayBufferView, srcOffset: number, length: number, remoteOffset: number | bigint, legMask?: number, fence?: boolean): Promise<FanoutOutcome>;
+  /** Many writes at once: `ops` holds [srcOffset, length, remoteOffset] triples; one post (a chain) per leg, one fence READ per leg after the last. */
+  writev(src: NativeMemoryRegion | NativeMemoryRegion[] | ArrayBufferView, ops: Float64Array, legMask?: number, fence?: boolean): Promise<FanoutOutcome>;
+  /** One RDMA READ from one leg's window into dst (LOCAL_WRITE, on that leg's PD). */
+  read(dst: NativeMemoryRegion, dstOffset: number, length: number, remoteOffset: number | bigint, leg: number): Promise<FanoutOutcome>;
+}
+
 /** Error codes the addon produces, besides errno names (ENOMEM, EINVAL, …) and
  * work-completion status names (IBV_WC_REM_ACCESS_ERR, IBV_WC_WR_FLUSH_ERR, …). */
 export type NativeErrorCode =
@@ -348,6 +393,8 @@ export interface NativeBinding {
   /** Post across endpoints: groups by endpoint, posts every group before any
    * completion is awaited (how a mirrored write reaches both halves at once). */
   postAll(items: Array<{ ep: NativeEndpoint } & WorkRequest>): Promise<WorkResult[]>;
+  /** A fan-out write plan over 1-8 legs (see NativeFanout). */
+  Fanout: new (legs: FanoutLeg[]) => NativeFanout;
   /** counts of live native objects in this environment, for leak tests */
   liveObjects(): { contexts: number; pds: number; mappings: number; mrs: number; endpoints: number; listeners: number };
 }

@@ -25,6 +25,9 @@ export type {
   WorkRequest,
   WorkResult,
   MappingKind,
+  NativeFanout as Fanout,
+  FanoutLeg,
+  FanoutOutcome,
 } from './native';
 
 let binding: N.NativeBinding | undefined;
@@ -51,6 +54,11 @@ export const connect = (opts: N.ConnectOptions): Promise<N.NativeEndpoint> => na
 export const listen = (opts?: N.ListenOptions): N.NativeListener => native().listen(opts);
 export const postAll = (items: Array<{ ep: N.NativeEndpoint } & N.WorkRequest>): Promise<N.WorkResult[]> =>
   native().postAll(items);
+
+/** A fan-out write plan over 1-8 legs (lib/native.ts: NativeFanout). */
+export function newFanout(legs: N.FanoutLeg[]): N.NativeFanout {
+  return new (native().Fanout)(legs);
+}
 
 export function newProtectionDomain(ctx: N.NativeContext): N.NativeProtectionDomain {
   return new (native().ProtectionDomain)(ctx);

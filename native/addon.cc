@@ -6,6 +6,7 @@
 #include "connection_request.h"
 #include "context.h"
 #include "endpoint.h"
+#include "fanout.h"
 #include "listener.h"
 #include "mapping.h"
 #include "mr.h"
@@ -23,6 +24,7 @@ const napi_type_tag kMrTag = {0x8f4c2a61d3b7e905ULL, 0x1a6e3c9b0f2d4874ULL};
 const napi_type_tag kEndpointTag = {0x8f4c2a61d3b7e905ULL, 0x1a6e3c9b0f2d4875ULL};
 const napi_type_tag kListenerTag = {0x8f4c2a61d3b7e905ULL, 0x1a6e3c9b0f2d4876ULL};
 const napi_type_tag kRequestTag = {0x8f4c2a61d3b7e905ULL, 0x1a6e3c9b0f2d4877ULL};
+const napi_type_tag kFanoutTag = {0x8f4c2a61d3b7e905ULL, 0x1a6e3c9b0f2d4879ULL};
 const napi_type_tag kTokenTag = {0x8f4c2a61d3b7e905ULL, 0x1a6e3c9b0f2d4878ULL};
 
 void Registry::HandleClosed() {
@@ -155,6 +157,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("connect", Napi::Function::New<Connect>(env, "connect"));
   exports.Set("listen", Napi::Function::New<Listen>(env, "listen"));
   exports.Set("postAll", Napi::Function::New<PostAll>(env, "postAll"));
+  exports.Set("Fanout", Fanout::Define(env));
   exports.Set("liveObjects", Napi::Function::New<LiveObjects>(env, "liveObjects"));
   return exports;
 }

@@ -77,6 +77,7 @@ extern const napi_type_tag kMrTag;
 extern const napi_type_tag kEndpointTag;
 extern const napi_type_tag kListenerTag;
 extern const napi_type_tag kRequestTag;
+extern const napi_type_tag kFanoutTag;
 extern const napi_type_tag kTokenTag;  // internal construction token
 
 // Runs f(env) as a top-level callback from libuv: handle scope + callback

@@ -556,7 +556,7 @@ void EndpointRes::Finish(Napi::Env env, WrRecord* rec, Result r) {
     else sendInUse_--;
   }
   outstanding_.erase(rec);
-  rec->mr->inflight--;
+  if (rec->mr) rec->mr->inflight--;
   if (rec->groupPending) --*rec->groupPending;
   std::shared_ptr<Batch> batch = std::move(rec->batch);
   size_t slot = rec->slot;
@@ -678,6 +678,29 @@ std::shared_ptr<size_t> EndpointRes::Post(Napi::Env env, std::vector<WrSpec>& sp
     Pump(env);
   }
   if (spin) Reap(env, pending);
+  AfterDispatch(env);
+  return pending;
+}
+
+std::shared_ptr<size_t> EndpointRes::PostRecords(Napi::Env env, WrRecord* const* recs, size_t n) {
+  Depth post(inPost_);
+  auto pending = std::make_shared<size_t>(n);
+  for (size_t i = 0; i < n; i++) {
+    WrRecord* rec = recs[i];
+    rec->ep = this;
+    rec->groupPending = pending;
+    rec->swr.wr_id = reinterpret_cast<uintptr_t>(rec);
+    rec->swr.sg_list = &rec->sge;
+    outstanding_.insert(rec);
+    if (rec->mr) rec->mr->inflight++;
+    sendQueue_.push_back(rec);
+  }
+  if (cqPoll_) cqPoll_->Ref(true);
+  UpdateRefs();
+  {
+    Depth depth(dispatchDepth_);
+    Pump(env);
+  }
   AfterDispatch(env);
   return pending;
 }
@@ -876,7 +899,7 @@ void EndpointRes::Destroy(Napi::Env* env) {
       r.failure = Failure::Npmu("IBV_WC_WR_FLUSH_ERR", std::string(OpName(rec->op)) + " flushed: endpoint closed",
                                 0, "ibv_poll_cq");
       outstanding_.erase(rec);
-      rec->mr->inflight--;
+      if (rec->mr) rec->mr->inflight--;
       std::shared_ptr<Batch> batch = std::move(rec->batch);
       size_t slot = rec->slot;
       if (rec->groupPending) --*rec->groupPending;
@@ -885,7 +908,7 @@ void EndpointRes::Destroy(Napi::Env* env) {
       batch->Complete(*env, slot, r);
     } else {
       outstanding_.erase(rec);
-      rec->mr->inflight--;
+      if (rec->mr) rec->mr->inflight--;
       if (rec->groupPending) --*rec->groupPending;
       if (!reg->alive) rec->mrObj.SuppressDestruct();
       delete rec;

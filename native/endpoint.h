@@ -72,6 +72,10 @@ class EndpointRes : public std::enable_shared_from_this<EndpointRes> {
   // Returns the count of this post's records still out.
   std::shared_ptr<size_t> Post(Napi::Env env, std::vector<WrSpec>& specs, const std::vector<size_t>& slots,
                                const std::shared_ptr<Batch>& batch, bool spin);
+  // The lean path (Fanout): records the caller filled (op, mr or inline
+  // bytes, sge, swr opcode/flags/remote, batch, slot) go on the send queue as
+  // one chain; the caller then calls Reap. Takes ownership of the records.
+  std::shared_ptr<size_t> PostRecords(Napi::Env env, WrRecord* const* recs, size_t n);
   void Spin(Napi::Env env, const std::shared_ptr<size_t>& pending);
   // After a post: busy-poll mode spins (Spin); event mode polls the CQ once,
   // without waiting. Either way, if work is still out, the CQ is armed.
@@ -90,6 +94,7 @@ class EndpointRes : public std::enable_shared_from_this<EndpointRes> {
   uint32_t maxSend() const { return maxSend_; }
   uint32_t maxRecv() const { return maxRecv_; }
   uint32_t cqe() const { return cqe_; }
+  uint32_t maxInline() const { return maxInline_; }
   bool busyPoll = false;
   std::shared_ptr<PdRes> pd() const { return pd_; }
   std::string localAddress, remoteAddress;

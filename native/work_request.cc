@@ -95,6 +95,29 @@ void Batch::Complete(Napi::Env env, size_t i, Result r) {
 void Batch::Settle(Napi::Env env) {
   if (settled) return;
   settled = true;
+  if (kind == Kind::Legs) {
+    bool allOk = true;
+    for (const Result& r : results)
+      if (r.done && !r.ok) allOk = false;
+    if (allOk) {
+      deferred.Resolve(env.Undefined());
+      return;
+    }
+    Napi::Array arr = Napi::Array::New(env, groups);
+    for (size_t g = 0; g < groups; g++) {
+      Napi::Value e = env.Undefined();
+      for (size_t j = 0; j < perGroup; j++) {
+        const Result& r = results[g * perGroup + j];
+        if (r.done && !r.ok) {
+          e = MakeError(env, r.failure).Value();
+          break;
+        }
+      }
+      arr.Set(static_cast<uint32_t>(g), e);
+    }
+    deferred.Resolve(arr);
+    return;
+  }
   if (kind != Kind::Results) {
     const Result& r = results[0];
     if (!r.ok) {

@@ -5,6 +5,7 @@
 #include <infiniband/verbs.h>
 #include <napi.h>
 
+#include <array>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,11 +49,15 @@ struct Result {
 
 // One promise over one or more work requests.
 struct Batch {
-  enum class Kind { Void, Number, Value, Results };
+  // Legs (Fanout): results are `groups` runs of `perGroup`; settles with
+  // undefined when every posted one succeeded, else an array of `groups`
+  // entries, the first error of each group (undefined where none).
+  enum class Kind { Void, Number, Value, Results, Legs };
   Kind kind = Kind::Results;
   Napi::Promise::Deferred deferred;
   std::vector<Result> results;
   size_t remaining = 0;
+  size_t groups = 0, perGroup = 0;  // Kind::Legs
   bool settled = false;
 
   Batch(Napi::Env env, Kind k, size_t n);
@@ -65,8 +70,8 @@ struct Batch {
 struct WrRecord {
   EndpointRes* ep = nullptr;
   Op op = Op::Write;
-  std::shared_ptr<MrRes> mr;
-  Napi::ObjectReference mrObj;
+  std::shared_ptr<MrRes> mr;  // null for an inline WRITE from unregistered memory (Fanout)
+  Napi::ObjectReference mrObj;  // may be empty: another record of the same post holds the MR object
   uint8_t* local = nullptr;  // atomics: the 8-byte result slot
   std::shared_ptr<Batch> batch;
   size_t slot = 0;
@@ -77,6 +82,10 @@ struct WrRecord {
   ibv_sge sge{};
   ibv_send_wr swr{};
   ibv_recv_wr rwr{};
+  // An inline WRITE's bytes, copied at post time (the caller's memory may
+  // change before a queued record reaches the QP).
+  static constexpr size_t kInline = 64;
+  std::array<uint8_t, kInline> inl;
 };
 
 const char* OpName(Op op);

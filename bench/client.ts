@@ -1,0 +1,187 @@
+/**
+ * The data-path benchmark through the application API (`NpmuClient`): what a
+ * durable mirrored write, a read, a batch and pipelined writes cost from
+ * Node, on two real units (the VM's emulated NVDIMMs, devdax) over rxe, with
+ * a PMM in this process. The C peer (bench/c/peer.c) posts exactly the same
+ * verbs: compare the two in one boot.
+ *
+ * For each persistence domain asked for (`--domains cpu_cache,memory_controller`;
+ * the units report it, overriding sysfs where it differs, so both run in one
+ * boot): format both units, create a volume and one region, attach a client
+ * (busy-poll and event mode), then time, per iteration, t0 → await → t1 of:
+ *   write-mirror-durable   writeRegion(BOTH, durable): WRITE + READ-after-WRITE
+ *                          on each half (cpu_cache), or + persist-range on the
+ *                          unit (memory_controller)
+ *   write-mirror           writeRegion(BOTH, not durable): one WRITE per half
+ *   read                   readRegion(ANY): one READ from the primary
+ *   batch16-mirror-durable writeRegionBatch of 16 × SIZE (one post per half)
+ *   write-primary-durable  writeRegion(PRIMARY, durable) — last: it has the
+ *                          PMM record the mirror stale
+ * and pipelined durable mirrored writes (4 KiB and 64 KiB, 1/8/32 in flight):
+ * ops/s and MB/s of client data.
+ *
+ * One JSON line per result on stdout, in bench/verbs.ts's format, with
+ * impl "npmu-busy" / "npmu-event" and the domain:
+ *   {"impl":"npmu-busy","op":"write-mirror-durable","size":64,"domain":"cpu_cache","p50_us":..,...}
+ *   {"impl":"npmu-busy","op":"mirror-durable-bw","size":4096,"depth":8,"ops_per_s":..,"MBps":..,...}
+ *
+ * usage: node dist/bench/client.js [--iters N] [--warmup N] [--modes busy,event]
+ *          [--domains cpu_cache,memory_controller] [--no-bw] [--quick]
+ * env: NPMU_DAX_DEVICES (two devdax devices), NPMU_RXE_ADDR, NPMU_BENCH_ITERS,
+ *      NPMU_BENCH_WARMUP.
+ */
+import { randomBytes } from 'node:crypto';
+import { ControlConnection } from '../lib/protocol';
+import { Mirror, NpmuClient } from '../lib/client';
+import type { RegionHandle } from '../lib/client';
+import { ClientRegistry, clientLine, parseClients } from '../pmm/credentials';
+import { PmmServer } from '../pmm/server';
+import { UnitDevice } from '../unit/device';
+import type { PersistDomain } from '../unit/device';
+import { UnitServer } from '../unit/server';
+import { summarize } from './stats';
+
+const KEY = randomBytes(32);
+const clients = new ClientRegistry({ entries: parseClients(clientLine('bench', 'bench-secret', { logN: 4 })) });
+const log = (s: string): void => void process.stderr.write(`bench/client: ${s}\n`);
+
+interface Options {
+  iters: number;
+  warmup: number;
+  modes: Array<'busy' | 'event'>;
+  domains: PersistDomain[];
+  bw: boolean;
+  host: string;
+  dax: string[];
+}
+
+function parseArgs(argv: string[]): Options {
+  const get = (k: string): string | undefined => (argv.includes(k) ? argv[argv.indexOf(k) + 1] : undefined);
+  const quick = argv.includes('--quick');
+  const int = (v: string | undefined, d: number): number => {
+    if (v === undefined || v === '') return d;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new RangeError(`bad count '${v}'`);
+    return n;
+  };
+  const iters = int(get('--iters') ?? process.env.NPMU_BENCH_ITERS, quick ? 100 : 1000);
+  const warmup = int(get('--warmup') ?? process.env.NPMU_BENCH_WARMUP, quick ? 10 : 100);
+  const modes = (get('--modes') ?? 'busy,event').split(',') as Options['modes'];
+  for (const m of modes) if (m !== 'busy' && m !== 'event') throw new RangeError(`bad mode '${m}'`);
+  const domains = (get('--domains') ?? 'cpu_cache,memory_controller').split(',') as PersistDomain[];
+  for (const d of domains) if (d !== 'cpu_cache' && d !== 'memory_controller') throw new RangeError(`bad domain '${d}'`);
+  const dax = (process.env.NPMU_DAX_DEVICES ?? '').split(' ').filter(Boolean).slice(0, 2);
+  if (dax.length < 2) throw new Error('needs two devdax devices (NPMU_DAX_DEVICES): run it through scripts/bench.sh');
+  const host = process.env.NPMU_RXE_ADDR;
+  if (!host) throw new Error('NPMU_RXE_ADDR is not set');
+  return { iters, warmup, modes, domains, bw: !argv.includes('--no-bw'), host, dax };
+}
+
+async function time(n: number, warmup: number, fn: () => Promise<unknown>): Promise<Float64Array> {
+  const s = new Float64Array(n);
+  for (let i = 0; i < warmup + n; i++) {
+    const t0 = process.hrtime.bigint();
+    await fn();
+    const t1 = process.hrtime.bigint();
+    if (i >= warmup) s[i - warmup] = Number(t1 - t0) / 1000;
+  }
+  return s;
+}
+
+const REGION = 8 << 20;
+
+async function measureDomain(o: Options, domain: PersistDomain, emit: (r: object) => void): Promise<void> {
+  const { host } = o;
+  const units: UnitServer[] = [];
+  for (const d of o.dax) {
+    const device = UnitDevice.open(d, { format: { label: 'bench' }, force: true });
+    units.push(await UnitServer.start({ device, key: KEY, host, persistDomain: domain }));
+  }
+  const addr = (u: UnitServer) => ({ host, controlPort: u.controlPort, rdmaPort: u.rdmaPort });
+  const pmm = await PmmServer.start({ key: KEY, clients, host, port: 0, units: units.map(addr) });
+  try {
+    const ctl = await ControlConnection.connect({ host, port: pmm.port });
+    await ctl.request('create-volume', { volume: 'bench', primary: addr(units[0]!), mirror: addr(units[1]!), force: true }, { timeoutMs: 120_000 });
+    ctl.close();
+    const setup = await NpmuClient.attach({ pmm: { host, port: pmm.port }, client: 'bench', secret: 'bench-secret', volume: 'bench' });
+    await setup.createRegion('r', REGION, 0n, { durable: true });
+    await setup.close();
+    for (const mode of o.modes) {
+      const c = await NpmuClient.attach({ pmm: { host, port: pmm.port }, client: 'bench', secret: 'bench-secret', volume: 'bench', busyPoll: mode === 'busy' });
+      const h = await c.openRegion('r');
+      const impl = `npmu-${mode}`;
+      const out = (op: string, size: number, s: Float64Array, extra: object = {}): void =>
+        emit({ impl, op, size, domain, mode, warmup: o.warmup, ...summarize(s), ...extra });
+      const wr = (await c.writeRegion(h, Buffer.alloc(64), 64, 0n)).methods;
+      log(`${domain}, ${mode}: durable write methods ${JSON.stringify(wr)}`);
+      for (const size of [64, 4096]) {
+        const buf = Buffer.alloc(size, 0x42);
+        out('write-mirror-durable', size, await time(o.iters, o.warmup, () => c.writeRegion(h, buf, size, 0n, { durable: true })));
+        out('write-mirror', size, await time(o.iters, o.warmup, () => c.writeRegion(h, buf, size, 0n, { durable: false })));
+        out('read', size, await time(o.iters, o.warmup, () => c.readRegion(h, buf, size, 0n)));
+        const items = Array.from({ length: 16 }, (_, i) => ({ buf, pointer: BigInt(i * size) }));
+        out('batch16-mirror-durable', size, await time(Math.max(10, o.iters >> 2), o.warmup >> 2, () => c.writeRegionBatch(h, items, { durable: true })), { items: 16 });
+      }
+      if (o.bw && domain === o.domains[0]) await pipelined(c, h, o, impl, domain, emit);
+      await c.closeRegion(h);
+      await c.close();
+    }
+    // Last: a single-half write has the PMM record the other half stale.
+    const c = await NpmuClient.attach({ pmm: { host, port: pmm.port }, client: 'bench', secret: 'bench-secret', volume: 'bench', busyPoll: true });
+    const h = await c.openRegion('r');
+    const buf = Buffer.alloc(64, 0x17);
+    const s = await time(o.iters, o.warmup, () => c.writeRegion(h, buf, 64, 0n, { durable: true, mirror: Mirror.PRIMARY }));
+    emit({ impl: 'npmu-busy', op: 'write-primary-durable', size: 64, domain, mode: 'busy', warmup: o.warmup, ...summarize(s) });
+    await c.close();
+  } finally {
+    await pmm.close();
+    for (const u of units) await u.close();
+  }
+}
+
+/** DEPTH durable mirrored writes in flight, for a fixed number of operations. */
+async function pipelined(c: NpmuClient, h: RegionHandle, o: Options, impl: string, domain: PersistDomain, emit: (r: object) => void): Promise<void> {
+  for (const size of [4096, 65536]) {
+    const big = Buffer.alloc(64 * size, 0x33); // 64 distinct sources (one registration)
+    for (const depth of [1, 8, 32]) {
+      const total = Math.max(depth * 4, Math.min(o.iters, Math.floor((o.iters * 4096) / size) * 4));
+      const lat = new Float64Array(total);
+      let next = 0;
+      const t0 = process.hrtime.bigint();
+      const worker = async (): Promise<void> => {
+        while (next < total) {
+          const i = next++;
+          const src = big.subarray((i % 64) * size, (i % 64) * size + size);
+          const a = process.hrtime.bigint();
+          await c.writeRegion(h, src, size, BigInt((i % (REGION / size)) * size), { durable: true });
+          lat[i] = Number(process.hrtime.bigint() - a) / 1000;
+        }
+      };
+      await Promise.all(Array.from({ length: depth }, worker));
+      const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+      emit({
+        impl,
+        op: 'mirror-durable-bw',
+        size,
+        depth,
+        domain,
+        ...summarize(lat),
+        ops_per_s: Math.round(total / secs),
+        MBps: Math.round(((total * size) / secs / 1e6) * 100) / 100,
+      });
+    }
+  }
+}
+
+async function main(): Promise<void> {
+  const o = parseArgs(process.argv.slice(2));
+  const t0 = Date.now();
+  log(`${o.dax.join(', ')} at ${o.host}; domains ${o.domains.join(', ')}; modes ${o.modes.join(', ')}; ${o.warmup} warm-up + ${o.iters} iterations`);
+  for (const d of o.domains) await measureDomain(o, d, (r) => process.stdout.write(JSON.stringify(r) + '\n'));
+  log(`done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+}
+
+main().catch((e: unknown) => {
+  log(e instanceof Error ? (e.stack ?? e.message) : String(e));
+  process.exitCode = 1;
+});
