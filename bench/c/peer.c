@@ -45,6 +45,10 @@
  * created QP and CQ (rxe rounds them up); a capped depth is reported with
  * "depth_requested".
  *
+ * Self-check (not timed): before each run the last 8 bytes of every write
+ * source get a fresh stamp; after it, the targets (the server's mappings, in
+ * this process) and the READs' destinations must hold it, or peer fails.
+ *
  * RDMA READ credits: initiator_depth / responder_resources are 16 (capped by
  * the device), as the addon asks by default.
  *
@@ -58,12 +62,12 @@
  *   BWSIZES  sizes of mirror-durable-bw (default 4096,65536)
  *   PATHS    two files or devdax devices (/dev/dax0.0,/dev/dax1.0) mapped as
  *            the two targets instead of anonymous memory; a regular file
- *            shorter than BYTES is extended
+ *            shorter than BYTES is extended (created if missing)
  *   BYTES    size of each target (default 64 MiB; a multiple of 4096)
  *   INLINE   largest WRITE sent inline (default 64, the addon's maxInline; 0: none)
  * env NPMU_BENCH_ITERS / NPMU_BENCH_WARMUP give defaults for -n / -w.
- * Exit status 0 on success, 1 on any failure (with a message on stderr), 2 on
- * bad usage.
+ * Exit status 0 on success; 1 on a failure or a bad argument (message on
+ * stderr); 2 on an unknown option.
  *
  * build: cc -O2 -Wall -Wextra -o peer peer.c -lrdmacm -libverbs -lpthread
  */
@@ -123,7 +127,7 @@ static void map_target(struct target *t, const char *path, size_t len) {
     memset(t->base, 0xab, len);
     return;
   }
-  int fd = open(path, O_RDWR);
+  int fd = open(path, O_RDWR | O_CREAT, 0600);
   if (fd < 0) die("open %s: %s", path, strerror(errno));
   struct stat st;
   if (fstat(fd, &st)) die("fstat %s: %s", path, strerror(errno));
@@ -297,6 +301,22 @@ static int poll_half(struct half *h, struct ibv_wc *wc, int max, uint64_t *expec
   return got;
 }
 
+/* Self-check, outside the timed region: before a run the last 8 bytes of each
+ * write source get a fresh stamp; after it, the target (the server's mapping,
+ * in this process) and the READ's destination must hold that stamp. */
+static uint64_t stamp_seq = 0x6e706d7500000000ull;
+
+static void stamp(struct half *h, uint32_t size, size_t slot, uint64_t v) {
+  memcpy(h->buf + slot * size + size - READ_LEN, &v, READ_LEN);
+}
+
+static void verify(int k, uint32_t size, size_t slot, uint64_t off, uint64_t v, int with_read, const char *what) {
+  if (memcmp((char *)targets[k].base + off + size - READ_LEN, &v, READ_LEN))
+    die("%s %u: the last bytes written are not in target %c", what, size, 'A' + k);
+  if (with_read && memcmp(H[k].buf + H[k].src_len + slot * READ_LEN, &v, READ_LEN))
+    die("%s %u: the READ on %c did not return the bytes written", what, size, 'A' + k);
+}
+
 enum op { OP_MIRROR_DURABLE, OP_MIRROR, OP_SINGLE_DURABLE, OP_READ, OP_BW };
 static const char *const OP_NAMES[] = {"mirror-durable", "mirror", "single-durable", "read", "mirror-durable-bw"};
 
@@ -317,6 +337,9 @@ static void run_latency(enum op op, uint32_t size, size_t warmup, size_t n, doub
   int with_read = op == OP_MIRROR_DURABLE || op == OP_SINGLE_DURABLE;
   if (with_read && size < READ_LEN) die("%s needs a size of at least %d bytes", name, READ_LEN);
   uint64_t expect[2] = {H[0].next_wr_id, H[1].next_wr_id};
+  uint64_t v = ++stamp_seq;
+  if (op != OP_READ)
+    for (int k = 0; k < (use_b ? 2 : 1); k++) stamp(&H[k], size, 0, v);
   struct ibv_wc wc[4];
   for (size_t i = 0; i < warmup + n; i++) {
     struct pair pa, pb;
@@ -356,6 +379,8 @@ static void run_latency(enum op op, uint32_t size, size_t warmup, size_t n, doub
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (i >= warmup) samples[i - warmup] = ts_us(&t0, &t1);
   }
+  if (op != OP_READ)
+    for (int k = 0; k < (use_b ? 2 : 1); k++) verify(k, size, 0, 0, v, with_read, name);
   printf("{\"impl\":\"c-peer\",\"op\":\"%s\",\"size\":%u,", name, size);
   print_stats(name, size, n, warmup, samples);
   printf(",\"inline\":%s,\"target\":\"%s\"}\n", op != OP_READ && size <= max_inline ? "true" : "false", targets[0].kind);
@@ -388,6 +413,10 @@ static void run_bw(uint32_t size, unsigned depth_req, size_t warmup, size_t n, d
   uint64_t expect[2] = {H[0].next_wr_id, H[1].next_wr_id};
   /* op k's wr_ids on half h are base[h] + 2k (WRITE) and base[h] + 2k + 1 (READ) */
   uint64_t base[2] = {H[0].next_wr_id, H[1].next_wr_id};
+  uint64_t v0 = stamp_seq + 1;
+  stamp_seq += depth;
+  for (int k = 0; k < 2; k++)
+    for (unsigned j = 0; j < depth; j++) stamp(&H[k], size, j, v0 + j);
   size_t posted = 0, done = 0;
   struct timespec t_begin = {0, 0}, t_end = {0, 0};
   struct ibv_wc wc[32];
@@ -421,6 +450,9 @@ static void run_bw(uint32_t size, unsigned depth_req, size_t warmup, size_t n, d
       }
     }
   }
+  size_t last = total - 1;
+  for (int k = 0; k < 2; k++)
+    verify(k, size, last % depth, (uint64_t)(last % nslots_remote) * size, v0 + last % depth, 1, name);
   double secs = ts_us(&t_begin, &t_end) / 1e6;
   double ops = (double)n / secs, bytes = (double)n * size / secs;
   printf("{\"impl\":\"c-peer\",\"op\":\"%s\",\"size\":%u,\"depth\":%u,", name, size, depth);

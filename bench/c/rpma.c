@@ -42,12 +42,14 @@
  *   SIZES  comma list of byte counts (default 64,4096)
  *   OPS    comma list of write-flush,write,read (default: all three)
  *   PATH   a devdax device (/dev/dax0.0) or file mapped MAP_SHARED as the
- *          target instead of anonymous memory
+ *          target instead of anonymous memory (a regular file is
+ *          created or extended to BYTES)
  *   BYTES  size of the target (default 64 MiB; a multiple of 4096)
  *   PORT   first TCP-space port to listen on (default 18700; the next ones
  *          are tried while it is taken)
  * env NPMU_BENCH_ITERS / NPMU_BENCH_WARMUP give defaults for -n / -w.
- * Exit status 0 on success, 1 on failure (message on stderr), 2 on bad usage.
+ * Exit status 0 on success; 1 on a failure or a bad argument (message on
+ * stderr); 2 on an unknown option.
  *
  * build: cc -O2 -Wall -Wextra -o rpma rpma.c -lrpma -libverbs -lpthread
  */
@@ -122,7 +124,7 @@ static void *map_target(const char *path, size_t len) {
     memset(p, 0xab, len);
     return p;
   }
-  int fd = open(path, O_RDWR);
+  int fd = open(path, O_RDWR | O_CREAT, 0600);
   if (fd < 0) die("open %s: %s", path, strerror(errno));
   struct stat st;
   if (fstat(fd, &st)) die("fstat %s: %s", path, strerror(errno));
