@@ -2,7 +2,9 @@
  * perftest's ib_write_lat / ib_read_lat as a reference row of the verbs
  * benchmark: run server + client on the same RDMA device and parse the figures
  * they print, without reinterpreting them (ib_write_lat reports half a round
- * trip, ib_read_lat a full one; the table's footnote says so).
+ * trip, ib_read_lat a full one; the table's footnote says so). ib_write_bw
+ * likewise gives the reference of the pipelined bandwidth rows (its "MB/sec"
+ * is 2^20 bytes per second; the record carries both units).
  */
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -59,9 +61,54 @@ export function parsePerftestOutput(text: string): PerftestFigures | undefined {
 }
 
 export type PerftestTool = 'ib_write_lat' | 'ib_read_lat';
+export type PerftestBwTool = 'ib_write_bw';
+
+export interface PerftestBwFigures {
+  bytes: number;
+  iterations: number;
+  /** "BW peak[MB/sec]": perftest's MB is 2^20 bytes (see --report_gbits in its help) */
+  bw_peak_MiBps: number;
+  /** "BW average[MB/sec]" */
+  bw_avg_MiBps: number;
+  /** "MsgRate[Mpps]" */
+  msg_rate_Mpps: number;
+}
+
+/**
+ * The figures of a perftest bandwidth run, from its output: the header line
+ * with "BW average" and the line of numbers after it. Undefined if absent.
+ */
+export function parsePerftestBwOutput(text: string): PerftestBwFigures | undefined {
+  const lines = text.split('\n');
+  const h = lines.findIndex((l) => /#bytes/.test(l) && /BW average/.test(l));
+  if (h < 0) return undefined;
+  const names = (lines[h] as string)
+    .replace(/BW peak/g, 'bw_peak')
+    .replace(/BW average/g, 'bw_avg')
+    .trim()
+    .split(/\s+/)
+    .map((n) => n.replace(/\[[^\]]*\]$/, ''));
+  const valuesLine = lines.slice(h + 1).find((l) => /^\s*\d/.test(l));
+  if (!valuesLine) return undefined;
+  const values = valuesLine.trim().split(/\s+/).map(Number);
+  if (values.length < names.length || values.some((v) => !Number.isFinite(v))) return undefined;
+  const col = (name: string): number => {
+    const i = names.indexOf(name);
+    return i < 0 ? NaN : (values[i] as number);
+  };
+  const f: PerftestBwFigures = {
+    bytes: col('#bytes'),
+    iterations: col('#iterations'),
+    bw_peak_MiBps: col('bw_peak'),
+    bw_avg_MiBps: col('bw_avg'),
+    msg_rate_Mpps: col('MsgRate'),
+  };
+  if (!Number.isFinite(f.bw_avg_MiBps) || !Number.isFinite(f.bytes)) return undefined;
+  return f;
+}
 
 export interface PerftestRun {
-  tool: PerftestTool;
+  tool: PerftestTool | PerftestBwTool;
   size: number;
   iters: number;
   dev: string;
@@ -91,11 +138,47 @@ export interface PerftestRecord {
   args: string[];
 }
 
+/** The JSON line of an ib_write_bw result (a row of the bandwidth table). */
+export interface PerftestBwRecord {
+  impl: 'perftest';
+  tool: PerftestBwTool;
+  op: 'write-bw';
+  size: number;
+  n: number;
+  /** perftest's send-queue depth (-t; its default 128) */
+  tx_depth: number;
+  /** average bandwidth, 10^6 bytes per second (perftest's figure x 1.048576) */
+  MBps: number;
+  /** average bandwidth as perftest prints it ("MB/sec" = 2^20 bytes per second) */
+  MiBps: number;
+  MiBps_peak: number;
+  ops_per_s: number;
+  args: string[];
+}
+
+export const PERFTEST_DEFAULT_TX_DEPTH = 128;
+
+export function toBwRecord(f: PerftestBwFigures, args: string[], txDepth = PERFTEST_DEFAULT_TX_DEPTH): PerftestBwRecord {
+  return {
+    impl: 'perftest',
+    tool: 'ib_write_bw',
+    op: 'write-bw',
+    size: f.bytes,
+    n: f.iterations,
+    tx_depth: txDepth,
+    MBps: Math.round(f.bw_avg_MiBps * 1.048576 * 100) / 100,
+    MiBps: f.bw_avg_MiBps,
+    MiBps_peak: f.bw_peak_MiBps,
+    ops_per_s: Math.round(f.msg_rate_Mpps * 1e6),
+    args,
+  };
+}
+
 export function toRecord(run: PerftestRun, f: PerftestFigures, args: string[]): PerftestRecord {
   const write = run.tool === 'ib_write_lat';
   return {
     impl: 'perftest',
-    tool: run.tool,
+    tool: run.tool as PerftestTool,
     op: write ? 'write' : 'read',
     size: f.bytes,
     n: f.iterations,
@@ -156,8 +239,8 @@ function start(cmd: string, args: string[]): Proc {
   };
 }
 
-/** Run one perftest latency test (server, then client once the server listens). */
-export async function runPerftest(run: PerftestRun): Promise<PerftestRecord> {
+/** Run a perftest server, then its client once the server listens; the client's output. */
+async function runPair(run: PerftestRun): Promise<{ out: string; clientArgs: string[] }> {
   const timeoutMs = run.timeoutMs ?? 120_000;
   const common = ['-d', run.dev, '-x', String(run.gidIndex), '-F', '-s', String(run.size), '-n', String(run.iters), '-p', String(run.port)];
   if (tcpListening(run.port)) throw new Error(`${run.tool}: TCP port ${run.port} is already in use`);
@@ -182,12 +265,26 @@ export async function runPerftest(run: PerftestRun): Promise<PerftestRecord> {
     // The server ends with the client; give it a moment, then it is killed below.
     const s = await Promise.race([server.done, sleep(10_000).then(() => ({ out: '(server still running)' }))]);
     if (c.code !== 0) throw new Error(`${run.tool} client exited with ${c.code ?? c.signal}:\n${c.out}\n-- server:\n${s.out}`);
-    const f = parsePerftestOutput(c.out);
-    if (!f) throw new Error(`${run.tool}: no latency figures in its output:\n${c.out}`);
-    return toRecord(run, f, [run.tool, ...clientArgs]);
+    return { out: c.out, clientArgs };
   } finally {
     clearTimeout(timer);
     server.kill();
     client?.kill();
   }
+}
+
+/** Run one perftest latency test (server, then client once the server listens). */
+export async function runPerftest(run: PerftestRun): Promise<PerftestRecord> {
+  const { out, clientArgs } = await runPair(run);
+  const f = parsePerftestOutput(out);
+  if (!f) throw new Error(`${run.tool}: no latency figures in its output:\n${out}`);
+  return toRecord(run, f, [run.tool, ...clientArgs]);
+}
+
+/** Run one ib_write_bw test (default tx depth, one QP). */
+export async function runPerftestBw(run: PerftestRun): Promise<PerftestBwRecord> {
+  const { out, clientArgs } = await runPair(run);
+  const f = parsePerftestBwOutput(out);
+  if (!f) throw new Error(`${run.tool}: no bandwidth figures in its output:\n${out}`);
+  return toBwRecord(f, [run.tool, ...clientArgs]);
 }

@@ -14,4 +14,6 @@ if (files.length === 0) {
 }
 const parsed = parseResultLines(files.map((f) => fs.readFileSync(f, 'utf8')).join('\n'));
 for (const e of parsed.errors) process.stderr.write(`report: ${e}\n`);
-process.stdout.write(renderTable(parsed.results, { meta: Object.assign({}, ...parsed.meta) as Record<string, unknown> }));
+process.stdout.write(
+  renderTable(parsed.results, { meta: Object.assign({}, ...parsed.meta) as Record<string, unknown>, bandwidth: parsed.bandwidth }),
+);

@@ -3,11 +3,23 @@
  * micro-VM, or natively): perftest, the C loop and the Node benchmark in
  * sequence, in this boot, each result appended as a JSON line to --out as soon
  * as it is measured; then the table on stdout. scripts/bench-verbs.sh runs it.
+ * Parts (--only; default perftest,c-loop,node):
+ *   perftest  ib_write_lat / ib_read_lat, 64 B and 4 KiB
+ *   c-loop    bench/c/lat.c: one WRITE or READ, post to completion
+ *   node      bench/verbs.ts: the same from Node through the addon
+ *   c-peer    bench/c/peer.c: the mirrored durable write's verbs (two QPs, WRITE +
+ *             8-byte READ each), single-durable, read, pipelined bandwidth; with two
+ *             or more NPMU_DAX_DEVICES the first two are its targets (-f)
+ *   rpma      bench/c/rpma.c: librpma write+flush, write, read; the first of
+ *             NPMU_DAX_DEVICES, if any, is its target (-f)
+ *   bw        ib_write_bw, 4 KiB and 64 KiB, perftest's default tx depth
  *
  * usage: node dist/bench/run.js --out FILE [--iters N] [--warmup N]
- *          [--only perftest,c-loop,node]
+ *          [--only perftest,c-loop,node,c-peer,rpma,bw]
  * env: NPMU_RXE_DEV, NPMU_RXE_ADDR (required), NPMU_BENCH_ITERS, NPMU_BENCH_WARMUP,
  *      NPMU_BENCH_LAT (the C loop binary; default .cache/bench/lat),
+ *      NPMU_BENCH_PEER (default .cache/bench/peer), NPMU_BENCH_RPMA (default .cache/bench/rpma),
+ *      NPMU_DAX_DEVICES (space-separated devdax devices, set by scripts/rxe-vm.sh --nvdimm),
  *      NPMU_BENCH_GID_INDEX (perftest -x, default 1), NPMU_BENCH_PERFTEST_PORT (default 18515).
  * Progress goes to stderr. Exit status 1 if any part failed (the others still run).
  */
@@ -16,11 +28,13 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { runPerftest, type PerftestTool } from './perftest';
+import { runPerftest, runPerftestBw, type PerftestTool } from './perftest';
 import { parseResultLines, renderTable } from './table';
 
-const PARTS = ['perftest', 'c-loop', 'node'] as const;
+const PARTS = ['perftest', 'c-loop', 'node', 'c-peer', 'rpma', 'bw'] as const;
 type Part = (typeof PARTS)[number];
+/** What runs without --only (the original verbs benchmark). */
+const DEFAULT_PARTS: readonly Part[] = ['perftest', 'c-loop', 'node'];
 
 interface Options {
   out: string;
@@ -47,7 +61,7 @@ function parseArgs(argv: string[]): Options {
     if (!Number.isInteger(n) || n < min) throw new RangeError(`bad count '${v}'`);
     return n;
   };
-  const only = (a.get('only') ?? PARTS.join(',')).split(',').map((p) => {
+  const only = (a.get('only') ?? DEFAULT_PARTS.join(',')).split(',').map((p) => {
     if (!(PARTS as readonly string[]).includes(p)) throw new RangeError(`bad part '${p}' (${PARTS.join(', ')})`);
     return p as Part;
   });
@@ -90,8 +104,9 @@ function runJsonLines(cmd: string, args: string[], out: string, env?: NodeJS.Pro
         return;
       }
       fs.appendFileSync(out, t + '\n');
-      const r = JSON.parse(t) as { impl?: string; op?: string; size?: number; p50_us?: number; p99_us?: number };
-      log(`  ${r.impl} ${r.op} ${r.size} B: p50 ${r.p50_us} us, p99 ${r.p99_us} us`);
+      const r = JSON.parse(t) as { impl?: string; op?: string; size?: number; p50_us?: number; p99_us?: number; depth?: number; MBps?: number };
+      const bw = r.MBps === undefined ? '' : ` depth ${r.depth}: ${r.MBps} MB/s,`;
+      log(`  ${r.impl} ${r.op} ${r.size} B:${bw} p50 ${r.p50_us} us, p99 ${r.p99_us} us`);
     });
     child.on('error', (e) => {
       log(`${cmd}: ${String(e)}`);
@@ -112,6 +127,9 @@ async function main(): Promise<number> {
   if (!addr) throw new Error('NPMU_RXE_ADDR (the IPv4 address of the RDMA device) is not set');
   const root = path.resolve(__dirname, '..', '..');
   const lat = process.env.NPMU_BENCH_LAT || path.join(root, '.cache', 'bench', 'lat');
+  const peer = process.env.NPMU_BENCH_PEER || path.join(root, '.cache', 'bench', 'peer');
+  const rpma = process.env.NPMU_BENCH_RPMA || path.join(root, '.cache', 'bench', 'rpma');
+  const dax = (process.env.NPMU_DAX_DEVICES ?? '').split(/\s+/).filter((d) => d !== '');
   fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true });
   const append = (v: unknown): void => fs.appendFileSync(o.out, JSON.stringify(v) + '\n');
   const inVm = process.env.NPMU_IN_VM === '1';
@@ -126,6 +144,7 @@ async function main(): Promise<number> {
       cpus: os.cpus().length,
       iters: o.iters,
       warmup: o.warmup,
+      ...(dax.length ? { dax } : {}),
     },
   });
   let failed = 0;
@@ -184,11 +203,64 @@ async function main(): Promise<number> {
     }
     seconds.node = secs(t0);
   }
+  if (o.only.includes('c-peer')) {
+    const t0 = Date.now();
+    const args = ['-a', addr, '-n', String(o.iters), '-w', String(o.warmup)];
+    if (dax.length >= 2) args.push('-f', `${dax[0]},${dax[1]}`);
+    log(`c-peer (${peer}${dax.length >= 2 ? ` on ${dax[0]} + ${dax[1]}` : ', anonymous targets'}, ${o.warmup} warm-up + ${o.iters} iterations)`);
+    const code = await runJsonLines(peer, args, o.out);
+    if (code !== 0) {
+      failed++;
+      log(`  c-peer FAILED (exit ${code})`);
+    }
+    seconds['c-peer'] = secs(t0);
+  }
+
+  if (o.only.includes('rpma')) {
+    const t0 = Date.now();
+    const args = ['-a', addr, '-n', String(o.iters), '-w', String(o.warmup)];
+    if (dax.length >= 1) args.push('-f', dax[0] as string);
+    log(`rpma (${rpma}${dax.length ? ` on ${dax[0]}` : ', anonymous target'}, ${o.warmup} warm-up + ${o.iters} iterations)`);
+    const code = await runJsonLines(rpma, args, o.out);
+    if (code !== 0) {
+      failed++;
+      log(`  rpma FAILED (exit ${code})`);
+    }
+    seconds.rpma = secs(t0);
+  }
+
+  if (o.only.includes('bw')) {
+    const t0 = Date.now();
+    log(`bw: ib_write_bw (${o.iters} iterations, -x ${process.env.NPMU_BENCH_GID_INDEX ?? 1})`);
+    let port = Number(process.env.NPMU_BENCH_PERFTEST_PORT ?? 18515) + 16;
+    for (const size of [4096, 65536]) {
+      try {
+        const r = await runPerftestBw({
+          tool: 'ib_write_bw',
+          size,
+          iters: o.iters,
+          dev,
+          gidIndex: Number(process.env.NPMU_BENCH_GID_INDEX ?? 1),
+          addr,
+          port: port++,
+        });
+        append(r);
+        log(`  ib_write_bw -s ${size}: ${r.MiBps} MiB/s (${r.MBps} MB/s), ${r.ops_per_s} msg/s`);
+      } catch (e) {
+        failed++;
+        log(`  ib_write_bw -s ${size} FAILED: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
+    seconds.bw = secs(t0);
+  }
+
   seconds.total = secs(tAll);
   append({ meta: { seconds } });
 
   const parsed = parseResultLines(fs.readFileSync(o.out, 'utf8'));
-  process.stdout.write('\n' + renderTable(parsed.results, { meta: Object.assign({}, ...parsed.meta) as Record<string, unknown> }));
+  process.stdout.write(
+    '\n' + renderTable(parsed.results, { meta: Object.assign({}, ...parsed.meta) as Record<string, unknown>, bandwidth: parsed.bandwidth }),
+  );
   if (failed) log(`${failed} part(s) failed; see above`);
   return failed ? 1 : 0;
 }

@@ -1,9 +1,12 @@
 /**
- * Renders the verbs benchmark's results (JSON lines, one per impl/op/size) as a
- * text table with the two target ratios. Pure: strings in, strings out; no I/O.
+ * Renders the verbs benchmark's results (JSON lines, one per impl/op/size) as
+ * text tables: single WRITE/READ latency with the two target ratios; durable
+ * and mirrored writes (c-peer, librpma: one row per impl and op); pipelined
+ * bandwidth (c-peer's mirror-durable-bw, perftest's ib_write_bw: one row per
+ * impl, op and depth). Pure: strings in, strings out; no I/O.
  *
- *   const { results, meta } = parseResultLines(fs.readFileSync(file, 'utf8'));
- *   process.stdout.write(renderTable(results, { meta: meta[0] }));
+ *   const { results, bandwidth, meta } = parseResultLines(fs.readFileSync(file, 'utf8'));
+ *   process.stdout.write(renderTable(results, { meta: meta[0], bandwidth }));
  */
 
 /** One measured (impl, op, size). Extra fields are kept and ignored. */
@@ -18,11 +21,32 @@ export interface LatencyRecord {
   [key: string]: unknown;
 }
 
+/**
+ * One pipelined bandwidth measurement (impl, op, size, depth). MBps is 10^6
+ * bytes per second of one stream's payload.
+ */
+export interface BandwidthRecord {
+  impl: string;
+  op: string;
+  size: number;
+  /** operations in flight (c-peer) */
+  depth?: number;
+  /** send-queue depth (perftest -t) */
+  tx_depth?: number;
+  MBps: number;
+  ops_per_s?: number;
+  p50_us?: number;
+  p99_us?: number;
+  [key: string]: unknown;
+}
+
 /** A line `{"meta": {...}}` describing the run (where, when, counts). */
 export type RunMeta = Record<string, unknown>;
 
 export interface ParsedResults {
   results: LatencyRecord[];
+  /** lines with a bandwidth figure (MBps); not in `results` */
+  bandwidth: BandwidthRecord[];
   meta: RunMeta[];
   /** lines that were neither: "line N: why" */
   errors: string[];
@@ -40,9 +64,15 @@ function isRecord(v: unknown): v is LatencyRecord {
   );
 }
 
+function isBandwidth(v: unknown): v is BandwidthRecord {
+  if (typeof v !== 'object' || v === null) return false;
+  const o = v as Record<string, unknown>;
+  return typeof o.impl === 'string' && typeof o.op === 'string' && typeof o.size === 'number' && typeof o.MBps === 'number';
+}
+
 /** Parse a results file: JSON lines; blank lines are skipped, others reported in `errors`. */
 export function parseResultLines(text: string): ParsedResults {
-  const out: ParsedResults = { results: [], meta: [], errors: [] };
+  const out: ParsedResults = { results: [], bandwidth: [], meta: [], errors: [] };
   text.split('\n').forEach((raw, i) => {
     const line = raw.trim();
     if (line === '') return;
@@ -53,7 +83,8 @@ export function parseResultLines(text: string): ParsedResults {
       out.errors.push(`line ${i + 1}: not JSON`);
       return;
     }
-    if (isRecord(v)) out.results.push(v);
+    if (isBandwidth(v)) out.bandwidth.push(v);
+    else if (isRecord(v)) out.results.push(v);
     else if (typeof v === 'object' && v !== null && typeof (v as { meta?: unknown }).meta === 'object') {
       out.meta.push((v as { meta: RunMeta }).meta);
     } else out.errors.push(`line ${i + 1}: not a result`);
@@ -62,7 +93,13 @@ export function parseResultLines(text: string): ParsedResults {
 }
 
 /** Row order of the table; impls not listed come after, alphabetically. */
-export const IMPL_ORDER = ['perftest', 'c-loop', 'node-busy', 'node-event'] as const;
+export const IMPL_ORDER = ['perftest', 'c-loop', 'node-busy', 'node-event', 'c-peer', 'librpma'] as const;
+
+/** Ops of the first (single work request) table; all others go to the durable-write table. */
+export const SINGLE_OPS = ['write', 'read'] as const;
+
+/** Row order of the durable-write table; ops not listed come after, alphabetically. */
+export const DURABLE_OP_ORDER = ['mirror-durable', 'mirror', 'single-durable', 'write-flush'] as const;
 
 export interface Target {
   impl: string;
@@ -167,10 +204,116 @@ export interface RenderOptions {
   /** the run's meta line, printed under the title */
   meta?: RunMeta;
   targets?: readonly Target[];
+  /** pipelined bandwidth rows (ParsedResults.bandwidth) */
+  bandwidth?: readonly BandwidthRecord[];
+}
+
+/** Left column cells, then groups of right-aligned cells under spanning headers. */
+function grid(left: string[][], leftHead: string[], groups: string[], sub: string[], cells: string[][][]): string[] {
+  // cells[row][group][k]
+  const nl = leftHead.length;
+  const lw = leftHead.map((h, j) => Math.max(h.length, ...left.map((r) => (r[j] as string).length)));
+  const cw = sub.map((h, k) => Math.max(h.length, ...cells.flatMap((r) => r.map((g) => (g[k] as string).length))));
+  const gw = groups.map((g) => Math.max(g.length, cw.reduce((a, b) => a + b, 0) + 2 * (sub.length - 1)));
+  // widen the last sub-column when a group title is wider than its columns
+  const extra = gw.map((w) => w - (cw.reduce((a, b) => a + b, 0) + 2 * (sub.length - 1)));
+  const leftPart = (r: string[]): string => r.map((c, j) => c.padEnd(lw[j] as number)).join('  ');
+  const out: string[] = [];
+  out.push((leftPart(new Array<string>(nl).fill('')) + groups.map((g, i) => '   ' + g.padEnd(gw[i] as number)).join('')).trimEnd());
+  const row = (l: string[], gs: string[][]): string =>
+    (
+      leftPart(l) +
+      gs
+        .map((g, i) => '   ' + g.map((c, k) => c.padStart((cw[k] as number) + (k === g.length - 1 ? (extra[i] as number) : 0))).join('  '))
+        .join('')
+    ).trimEnd();
+  const head = row(leftHead, groups.map(() => sub));
+  out.push(head, '-'.repeat(head.length));
+  left.forEach((l, i) => out.push(row(l, cells[i] as string[][])));
+  return out;
+}
+
+function durableTable(results: readonly LatencyRecord[]): string[] {
+  const recs = results.filter((r) => !(SINGLE_OPS as readonly string[]).includes(r.op));
+  if (!recs.length) return [];
+  const sizes = [...new Set(recs.map((r) => r.size))].sort((a, b) => a - b);
+  const opRank = (op: string): number =>
+    (DURABLE_OP_ORDER as readonly string[]).includes(op) ? (DURABLE_OP_ORDER as readonly string[]).indexOf(op) : DURABLE_OP_ORDER.length;
+  const pairs = new Map<string, { impl: string; op: string }>();
+  for (const r of recs) pairs.set(`${r.impl}\0${r.op}`, { impl: r.impl, op: r.op });
+  const implRank = rows(recs);
+  const ordered = [...pairs.values()].sort(
+    (a, b) => implRank.indexOf(a.impl) - implRank.indexOf(b.impl) || opRank(a.op) - opRank(b.op) || a.op.localeCompare(b.op),
+  );
+  const left = ordered.map((p) => {
+    const any = recs.find((r) => r.impl === p.impl && r.op === p.op);
+    const flush = typeof any?.flush === 'string' ? ` (${any.flush})` : '';
+    return [p.impl, p.op + flush];
+  });
+  const cells = ordered.map((p) =>
+    sizes.map((s) => {
+      const r = find(results, p.impl, p.op, s);
+      return [fmt(r?.p50_us), fmt(r?.p99_us)];
+    }),
+  );
+  const target = recs.find((r) => typeof r.target === 'string')?.target;
+  return [
+    '',
+    'Durable and mirrored writes, post of the first work request to the last completion (us)',
+    ...grid(left, ['impl', 'op'], sizes.map(sizeLabel), ['p50', 'p99'], cells),
+    '',
+    '  c-peer: two RC connections (halves A, B) to two targets' + (typeof target === 'string' ? ` (${target})` : '') + '.',
+    '    mirror-durable = on A and on B a WRITE (inline if <= 64 B) + an 8-byte READ of its last 8 bytes, all posted',
+    '    before polling, 4 completions (npmu\'s durable write on eADR); mirror = a WRITE on each; single-durable =',
+    '    WRITE + READ on A; read (first table) = one READ on A.',
+    '  librpma: write-flush = rpma_write (unsignaled) + rpma_flush, waiting for the flush\'s completion; on Linux',
+    '    6.1 rxe its flush is an 8-byte RDMA READ (no native FLUSH): about single-durable, through the library.',
+  ];
+}
+
+function bandwidthTable(bw: readonly BandwidthRecord[]): string[] {
+  if (!bw.length) return [];
+  const last = new Map<string, BandwidthRecord>();
+  const key = (r: BandwidthRecord): string => `${r.impl}\0${r.op}\0${r.depth ?? ''}\0${r.tx_depth ?? ''}`;
+  for (const r of bw) last.set(`${key(r)}\0${r.size}`, r);
+  const sizes = [...new Set(bw.map((r) => r.size))].sort((a, b) => a - b);
+  const rowKeys = new Map<string, BandwidthRecord>();
+  for (const r of bw) if (!rowKeys.has(key(r))) rowKeys.set(key(r), r);
+  const implRank = [...new Set(bw.map((r) => r.impl))].sort((a, b) => {
+    const ra = a === 'c-peer' ? 0 : a === 'perftest' ? 2 : 1;
+    const rb = b === 'c-peer' ? 0 : b === 'perftest' ? 2 : 1;
+    return ra - rb || a.localeCompare(b);
+  });
+  const ordered = [...rowKeys.entries()].sort(
+    ([, a], [, b]) =>
+      implRank.indexOf(a.impl) - implRank.indexOf(b.impl) || a.op.localeCompare(b.op) || (a.depth ?? 0) - (b.depth ?? 0),
+  );
+  const left = ordered.map(([, r]) => [
+    r.impl,
+    r.op,
+    r.depth !== undefined ? String(r.depth) : r.tx_depth !== undefined ? `tx ${r.tx_depth}` : '-',
+  ]);
+  const cells = ordered.map(([k]) =>
+    sizes.map((s) => {
+      const r = last.get(`${k}\0${s}`);
+      const ops = r?.ops_per_s;
+      return [fmt(r?.MBps), ops === undefined ? '-' : ops.toFixed(0), fmt(r?.p50_us), fmt(r?.p99_us)];
+    }),
+  );
+  return [
+    '',
+    'Pipelined bandwidth: MB/s (10^6 bytes/s of one stream\'s payload), operations/s, op latency p50/p99 (us)',
+    ...grid(left, ['impl', 'op', 'depth'], sizes.map(sizeLabel), ['MB/s', 'ops/s', 'p50', 'p99'], cells),
+    '',
+    '  c-peer mirror-durable-bw: DEPTH mirror-durable operations in flight (each: WRITE + 8-byte READ on both',
+    '    connections); MB/s counts one half\'s data, the wire carries twice that. perftest ib_write_bw: one QP,',
+    '    plain WRITEs, its default tx depth; its "MB/sec" (2^20 bytes) converted to 10^6 bytes.',
+  ];
 }
 
 /** The table as printed on stdout by the benchmark, ending in a newline. */
-export function renderTable(results: readonly LatencyRecord[], opts: RenderOptions = {}): string {
+export function renderTable(allResults: readonly LatencyRecord[], opts: RenderOptions = {}): string {
+  const results = allResults.filter((r) => (SINGLE_OPS as readonly string[]).includes(r.op));
   const cols = columns(results);
   const impls = rows(results);
   const hasPerftest = impls.includes('perftest');
@@ -232,5 +375,7 @@ export function renderTable(results: readonly LatencyRecord[], opts: RenderOptio
       '    c-loop sends WRITEs of up to 64 B inline, as the addon does with its default maxInline (64).',
     );
   }
+  out.push(...durableTable(allResults));
+  out.push(...bandwidthTable(opts.bandwidth ?? []));
   return out.join('\n') + '\n';
 }

@@ -3,10 +3,16 @@
 # 64 B / 4 KiB RDMA WRITE and READ from Node (busy-poll and event mode), next to
 # perftest (ib_write_lat / ib_read_lat) and a plain C loop (bench/c/lat.c), all
 # measured in the same boot. Natively when this host has an ACTIVE RDMA device,
-# else in ONE boot of the rxe micro-VM (scripts/rxe-vm.sh).
+# else in ONE boot of the rxe micro-VM (scripts/rxe-vm.sh). More parts on
+# request (--only): c-peer (bench/c/peer.c, the mirrored durable write's verbs),
+# rpma (bench/c/rpma.c, librpma), bw (ib_write_bw); see bench/run.ts.
 #
-# usage: scripts/bench-verbs.sh [--iters N] [--warmup N] [--only perftest,c-loop,node]
-#                               [--vm | --native] [--timeout SEC]
+# usage: scripts/bench-verbs.sh [--iters N] [--warmup N]
+#                               [--only perftest,c-loop,node,c-peer,rpma,bw]
+#                               [--vm | --native] [--timeout SEC] [--pmem]
+#   --pmem  (VM) boot with two emulated NVDIMMs on an eADR platform
+#           (--nvdimm-persistence cpu), backed by ${TMPDIR:-/tmp}/npmu-bench-pmem0/1
+#           (256 MiB each, sparse): c-peer and rpma then target devdax
 # env: NPMU_BENCH_ITERS / NPMU_BENCH_WARMUP (defaults 2000 / 100), NPMU_RXE_ADDR
 #      (native runs: the device's IPv4 address, if it cannot be found),
 #      NPMU_BENCH_NO_ADDON_BUILD=1 (use build/Release/npmu_native.node as it is).
@@ -16,16 +22,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "bench-verbs: $*" >&2; exit 2; }
 
-where=auto timeout=${NPMU_BENCH_TIMEOUT:-1200} run_args=()
+where=auto timeout=${NPMU_BENCH_TIMEOUT:-1200} run_args=() vm_args=()
 while (($#)); do
   case $1 in
     --iters | --warmup | --only)
       [[ -n ${2:-} ]] || die "$1 needs a value"; run_args+=("$1" "$2"); shift 2 ;;
     --vm) where=vm; shift ;;
     --native) where=native; shift ;;
+    --pmem)
+      for i in 0 1; do vm_args+=(--nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem$i:256M"); done
+      vm_args+=(--nvdimm-persistence cpu); shift ;;
     --timeout) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--timeout needs seconds"; timeout=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument $1" ;;
@@ -46,6 +55,12 @@ else
 fi
 npx tsc -p tsconfig.json
 cc -O2 -Wall -Wextra -o .cache/bench/lat bench/c/lat.c -lrdmacm -libverbs -lpthread
+cc -O2 -Wall -Wextra -o .cache/bench/peer bench/c/peer.c -lrdmacm -libverbs -lpthread
+if [[ -f /usr/include/librpma.h ]]; then
+  cc -O2 -Wall -Wextra -o .cache/bench/rpma bench/c/rpma.c -lrpma -libverbs -lpthread
+elif [[ $only == *rpma* ]]; then
+  die "the rpma part needs librpma-dev (librpma.h)"
+fi
 
 # An ACTIVE RDMA device on this host? (sysfs; the host kernel here has none.)
 native_dev=
@@ -73,7 +88,7 @@ if [[ $where == native ]]; then
   NPMU_RXE_DEV=$native_dev NPMU_RXE_ADDR=$addr node dist/bench/run.js --out "$out" "${run_args[@]}" || status=$?
 else
   echo "== benchmark in the rxe micro-VM (one boot)" >&2
-  scripts/rxe-vm.sh --timeout "$timeout" -- node dist/bench/run.js --out "$out" "${run_args[@]}" || status=$?
+  scripts/rxe-vm.sh --timeout "$timeout" "${vm_args[@]}" -- node dist/bench/run.js --out "$out" "${run_args[@]}" || status=$?
 fi
 
 if [[ -s $out ]]; then
