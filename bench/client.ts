@@ -13,7 +13,7 @@
  *                          on each half (cpu_cache), or + persist-range on the
  *                          unit (memory_controller)
  *   write-mirror           writeRegion(BOTH, not durable): one WRITE per half
- *   read                   readRegion(ANY): one READ from the primary
+ *   read-region            readRegion(ANY): one READ from the primary
  *   batch16-mirror-durable writeRegionBatch of 16 × SIZE (one post per half)
  *   write-primary-durable  writeRegion(PRIMARY, durable) — last: it has the
  *                          PMM record the mirror stale
@@ -21,7 +21,8 @@
  * ops/s and MB/s of client data.
  *
  * One JSON line per result on stdout, in bench/verbs.ts's format, with
- * impl "npmu-busy" / "npmu-event" and the domain:
+ * impl "npmu-busy" / "npmu-event" (cpu_cache) or "npmu-busy-adr" /
+ * "npmu-event-adr" (memory_controller) and the domain:
  *   {"impl":"npmu-busy","op":"write-mirror-durable","size":64,"domain":"cpu_cache","p50_us":..,...}
  *   {"impl":"npmu-busy","op":"mirror-durable-bw","size":4096,"depth":8,"ops_per_s":..,"MBps":..,...}
  *
@@ -109,7 +110,7 @@ async function measureDomain(o: Options, domain: PersistDomain, emit: (r: object
     for (const mode of o.modes) {
       const c = await NpmuClient.attach({ pmm: { host, port: pmm.port }, client: 'bench', secret: 'bench-secret', volume: 'bench', busyPoll: mode === 'busy' });
       const h = await c.openRegion('r');
-      const impl = `npmu-${mode}`;
+      const impl = `npmu-${mode}${domain === 'memory_controller' ? '-adr' : ''}`;
       const out = (op: string, size: number, s: Float64Array, extra: object = {}): void =>
         emit({ impl, op, size, domain, mode, warmup: o.warmup, ...summarize(s), ...extra });
       const wr = (await c.writeRegion(h, Buffer.alloc(64), 64, 0n)).methods;
@@ -118,7 +119,7 @@ async function measureDomain(o: Options, domain: PersistDomain, emit: (r: object
         const buf = Buffer.alloc(size, 0x42);
         out('write-mirror-durable', size, await time(o.iters, o.warmup, () => c.writeRegion(h, buf, size, 0n, { durable: true })));
         out('write-mirror', size, await time(o.iters, o.warmup, () => c.writeRegion(h, buf, size, 0n, { durable: false })));
-        out('read', size, await time(o.iters, o.warmup, () => c.readRegion(h, buf, size, 0n)));
+        out('read-region', size, await time(o.iters, o.warmup, () => c.readRegion(h, buf, size, 0n)));
         const items = Array.from({ length: 16 }, (_, i) => ({ buf, pointer: BigInt(i * size) }));
         out('batch16-mirror-durable', size, await time(Math.max(10, o.iters >> 2), o.warmup >> 2, () => c.writeRegionBatch(h, items, { durable: true })), { items: 16 });
       }
@@ -131,7 +132,7 @@ async function measureDomain(o: Options, domain: PersistDomain, emit: (r: object
     const h = await c.openRegion('r');
     const buf = Buffer.alloc(64, 0x17);
     const s = await time(o.iters, o.warmup, () => c.writeRegion(h, buf, 64, 0n, { durable: true, mirror: Mirror.PRIMARY }));
-    emit({ impl: 'npmu-busy', op: 'write-primary-durable', size: 64, domain, mode: 'busy', warmup: o.warmup, ...summarize(s) });
+    emit({ impl: domain === 'memory_controller' ? 'npmu-busy-adr' : 'npmu-busy', op: 'write-primary-durable', size: 64, domain, mode: 'busy', warmup: o.warmup, ...summarize(s) });
     await c.close();
   } finally {
     await pmm.close();

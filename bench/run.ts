@@ -13,9 +13,12 @@
  *   rpma      bench/c/rpma.c: librpma write+flush, write, read; the first of
  *             NPMU_DAX_DEVICES, if any, is its target (-f)
  *   bw        ib_write_bw, 4 KiB and 64 KiB, perftest's default tx depth
+ *   npmu      bench/client.ts: the same operations through NpmuClient (two units on
+ *             the first two NPMU_DAX_DEVICES, a PMM, busy-poll and event mode,
+ *             cpu_cache and memory_controller persistence), pipelined bandwidth
  *
  * usage: node dist/bench/run.js --out FILE [--iters N] [--warmup N]
- *          [--only perftest,c-loop,node,c-peer,rpma,bw]
+ *          [--only perftest,c-loop,node,c-peer,rpma,bw,npmu]
  * env: NPMU_RXE_DEV, NPMU_RXE_ADDR (required), NPMU_BENCH_ITERS, NPMU_BENCH_WARMUP,
  *      NPMU_BENCH_LAT (the C loop binary; default .cache/bench/lat),
  *      NPMU_BENCH_PEER (default .cache/bench/peer), NPMU_BENCH_RPMA (default .cache/bench/rpma),
@@ -31,7 +34,7 @@ import * as readline from 'node:readline';
 import { runPerftest, runPerftestBw, type PerftestTool } from './perftest';
 import { parseResultLines, renderTable } from './table';
 
-const PARTS = ['perftest', 'c-loop', 'node', 'c-peer', 'rpma', 'bw'] as const;
+const PARTS = ['perftest', 'c-loop', 'node', 'c-peer', 'rpma', 'bw', 'npmu'] as const;
 type Part = (typeof PARTS)[number];
 /** What runs without --only (the original verbs benchmark). */
 const DEFAULT_PARTS: readonly Part[] = ['perftest', 'c-loop', 'node'];
@@ -252,6 +255,21 @@ async function main(): Promise<number> {
       }
     }
     seconds.bw = secs(t0);
+  }
+
+  if (o.only.includes('npmu')) {
+    const t0 = Date.now();
+    log(`npmu (NpmuClient on two devdax units: ${o.warmup} warm-up + ${o.iters} iterations per operation)`);
+    const code = await runJsonLines(
+      process.execPath,
+      ['--expose-gc', path.join(__dirname, 'client.js'), '--iters', String(o.iters), '--warmup', String(o.warmup)],
+      o.out,
+    );
+    if (code !== 0) {
+      failed++;
+      log(`  npmu FAILED (exit ${code})`);
+    }
+    seconds.npmu = secs(t0);
   }
 
   seconds.total = secs(tAll);

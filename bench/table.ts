@@ -93,13 +93,24 @@ export function parseResultLines(text: string): ParsedResults {
 }
 
 /** Row order of the table; impls not listed come after, alphabetically. */
-export const IMPL_ORDER = ['perftest', 'c-loop', 'node-busy', 'node-event', 'c-peer', 'librpma'] as const;
+export const IMPL_ORDER = ['perftest', 'c-loop', 'node-busy', 'node-event', 'c-peer', 'librpma', 'npmu-busy', 'npmu-event', 'npmu-busy-adr', 'npmu-event-adr'] as const;
 
 /** Ops of the first (single work request) table; all others go to the durable-write table. */
 export const SINGLE_OPS = ['write', 'read'] as const;
 
 /** Row order of the durable-write table; ops not listed come after, alphabetically. */
-export const DURABLE_OP_ORDER = ['mirror-durable', 'mirror', 'single-durable', 'write-flush'] as const;
+export const DURABLE_OP_ORDER = [
+  'mirror-durable',
+  'write-mirror-durable',
+  'mirror',
+  'write-mirror',
+  'single-durable',
+  'write-primary-durable',
+  'write-flush',
+  'batch16-mirror-durable',
+  'read',
+  'read-region',
+] as const;
 
 export interface Target {
   impl: string;
@@ -311,6 +322,57 @@ function bandwidthTable(bw: readonly BandwidthRecord[]): string[] {
   ];
 }
 
+export interface DataPathTarget {
+  what: string;
+  /** the measured ratio, undefined if a figure is missing */
+  value: number | undefined;
+  /** 'max': value <= bound; 'min': value >= bound */
+  kind: 'max' | 'min';
+  bound: number;
+  detail: string;
+}
+
+/**
+ * The data-path targets (issue 8), as ratios in one boot: npmu's durable
+ * mirrored 64 B write against the C peer doing the same verbs and against
+ * librpma's single-target write + flush; readRegion against a C READ; 4 KiB
+ * durable mirrored writes at depth 32 against ib_write_bw.
+ */
+export function dataPathTargets(results: readonly LatencyRecord[], bandwidth: readonly BandwidthRecord[], impl = 'npmu-busy'): DataPathTarget[] {
+  const out: DataPathTarget[] = [];
+  const ratio = (a: number | undefined, b: number | undefined): number | undefined => (a !== undefined && b !== undefined && b > 0 ? a / b : undefined);
+  const w = find(results, impl, 'write-mirror-durable', 64);
+  const peer = find(results, 'c-peer', 'mirror-durable', 64);
+  const rpma = find(results, 'librpma', 'write-flush', 64);
+  const rd = find(results, impl, 'read-region', 64);
+  const cRead = find(results, 'c-loop', 'read', 64) ?? find(results, 'c-peer', 'read', 64);
+  out.push({ what: `${impl} durable mirrored 64 B write p50 / c-peer mirror-durable p50`, value: ratio(w?.p50_us, peer?.p50_us), kind: 'max', bound: 1.5, detail: `${fmt(w?.p50_us)} / ${fmt(peer?.p50_us)} us` });
+  out.push({ what: `${impl} durable mirrored 64 B write p50 / librpma write-flush p50 (one target)`, value: ratio(w?.p50_us, rpma?.p50_us), kind: 'max', bound: 1, detail: `${fmt(w?.p50_us)} / ${fmt(rpma?.p50_us)} us` });
+  out.push({ what: `${impl} durable mirrored 64 B write p99 / c-peer mirror-durable p99`, value: ratio(w?.p99_us, peer?.p99_us), kind: 'max', bound: 3, detail: `${fmt(w?.p99_us)} / ${fmt(peer?.p99_us)} us` });
+  out.push({ what: `${impl} readRegion 64 B p50 / C READ p50`, value: ratio(rd?.p50_us, cRead?.p50_us), kind: 'max', bound: 2, detail: `${fmt(rd?.p50_us)} / ${fmt(cRead?.p50_us)} us` });
+  const bw = bandwidth.filter((r) => r.impl === impl && r.op === 'mirror-durable-bw' && r.size === 4096 && r.depth === 32).at(-1);
+  const ib = bandwidth.filter((r) => r.impl === 'perftest' && r.size === 4096).at(-1);
+  out.push({ what: `${impl} 4 KiB durable mirrored writes at depth 32 / ib_write_bw 4 KiB`, value: ratio(bw?.MBps, ib?.MBps), kind: 'min', bound: 0.7, detail: `${fmt(bw?.MBps)} / ${fmt(ib?.MBps)} MB/s` });
+  return out;
+}
+
+function targetLines(results: readonly LatencyRecord[], bandwidth: readonly BandwidthRecord[]): string[] {
+  if (!results.some((r) => r.impl.startsWith('npmu-'))) return [];
+  const lines = ['', 'Data-path targets (ratios in this boot)'];
+  for (const impl of ['npmu-busy', 'npmu-event']) {
+    if (!results.some((r) => r.impl === impl)) continue;
+    for (const t of dataPathTargets(results, bandwidth, impl)) {
+      const bound = `${t.kind === 'max' ? '<=' : '>='} ${t.bound}`;
+      if (t.value === undefined) lines.push(`  ${t.what}: n/a (target ${bound})`);
+      else {
+        const met = t.kind === 'max' ? t.value <= t.bound : t.value >= t.bound;
+        lines.push(`  ${t.what}: ${t.detail} = ${t.value.toFixed(2)} (target ${bound}) ${met ? '✓' : '✗'}`);
+      }
+    }
+  }
+  return lines;
+}
+
 /** The table as printed on stdout by the benchmark, ending in a newline. */
 export function renderTable(allResults: readonly LatencyRecord[], opts: RenderOptions = {}): string {
   const results = allResults.filter((r) => (SINGLE_OPS as readonly string[]).includes(r.op));
@@ -377,5 +439,6 @@ export function renderTable(allResults: readonly LatencyRecord[], opts: RenderOp
   }
   out.push(...durableTable(allResults));
   out.push(...bandwidthTable(opts.bandwidth ?? []));
+  out.push(...targetLines(allResults, opts.bandwidth ?? []));
   return out.join('\n') + '\n';
 }

@@ -52,6 +52,9 @@ async function main() {
     objs.epMr = new n.MemoryRegion(objs.ep.pd, Buffer.alloc(4096), { access: 1 });
     objs.closedEp = await n.connect({ host: HOST, port: objs.listener.port });
     await objs.closedEp.close();
+    objs.fenceMr = new n.MemoryRegion(objs.ep.pd, Buffer.alloc(64), { access: 1 });
+    objs.fanout = new n.Fanout([{ ep: objs.ep, rkey: objs.mr.rkey, remoteAddr: objs.mr.iova, length: 4096, fence: objs.fenceMr },
+      { ep: objs.closedEp, rkey: objs.mr.rkey, remoteAddr: objs.mr.iova, length: 4096 }]);
   }
   const pool = [undefined, null, 0, -1, 1, 7, 8, 1.5, NaN, Infinity, -Infinity, 2 ** 31, 2 ** 32, 2 ** 53, 2 ** 64, -0,
     '', 'abc', '0', 'a\0b', 0n, 1n, -1n, 8n, 2n ** 63n, 2n ** 64n, -(2n ** 64n), true, false, {}, [], [{}],
@@ -70,6 +73,7 @@ async function main() {
     targets.push([`n.${k}`, (...a) => n[k](...a)]);
   targets.push(['new ProtectionDomain', (...a) => new n.ProtectionDomain(...a)]);
   targets.push(['new MemoryRegion', (...a) => new n.MemoryRegion(...a)]);
+  targets.push(['new Fanout', (...a) => new n.Fanout(...a)]);
   for (const [name, o] of Object.entries(objs)) {
     const proto = Object.getPrototypeOf(o);
     for (const k of Object.getOwnPropertyNames(proto)) {
@@ -152,10 +156,21 @@ async function main() {
       const dbg = (x) => { if (process.env.FUZZ_DEBUG) console.log(JSON.stringify(x, (k, v) => (typeof v === 'bigint' ? v.toString(16) : v && v.lkey !== undefined ? (v === lmr ? 'lmr' : v === objs.mr ? 'smr' : v === tmr ? 'tmr' : 'mr?') : v))); return x; };
       try {
         let a;
-        switch (rnd(5)) {
+        switch (rnd(7)) {
           case 0: a = dbg(['write', pick(mrs()), pick(offs), pick(lens), raddr(), rkey()]); ps.push(ep.write(...a.slice(1))); break;
           case 1: a = dbg(['read', pick(mrs()), pick(offs), pick(lens), raddr(), rkey()]); ps.push(ep.read(...a.slice(1))); break;
           case 2: a = dbg(['faa', pick(mrs()), pick(offs), raddr(), rkey(), 1n]); ps.push(ep.fetchAdd(...a.slice(1))); break;
+          case 5: case 6: {
+            // the lean path: a Fanout over this endpoint (twice: a mirror onto one peer) with near-valid arguments
+            const fan = new n.Fanout([0, 1].map(() => ({ ep, rkey: rkey(), remoteAddr: pick([objs.mr.iova, objs.mapMr.iova, 0n]), length: pick([4096, 65536, 8]), fence: pick([undefined, lmr, tmr]) })));
+            const src = pick([lmr, [lmr, lmr], [lmr, tmr], objs.closedMr, Buffer.alloc(pick([8, 64, 65])), tmr]);
+            const k = pick([0, 1, 2, 3]);
+            if (k === 0) ps.push(fan.write(src, pick(offs), pick(lens), pick([0, 8, 4088, 4096, 2n ** 63n, -1]), pick([undefined, 1, 2, 3, 4]), pick([undefined, true, false])));
+            else if (k === 1) ps.push(fan.writev(src, new Float64Array(Array.from({ length: 3 * (1 + rnd(5)) }, () => pick([0, 8, 64, 4088, 1, 4096]))), pick([undefined, 3]), rnd(2) === 0));
+            else if (k === 2) ps.push(fan.read(pick(mrs()), pick(offs), pick(lens), pick([0, 8, 4088]), pick([0, 1, 2])));
+            else ps.push(objs.fanout.write(pick([lmr, Buffer.alloc(8)]), 0, 8, pick([0, 4088]), pick([1, 2, 3]), rnd(2) === 0));
+            break;
+          }
           case 3: ps.push(ep.post(dbg(Array.from({ length: 1 + rnd(6) }, w).filter((x) => x.op !== 'recv')))); break;
           default: ps.push(n.postAll(dbg(Array.from({ length: 1 + rnd(4) }, () => ({ ep: rnd(3) ? ep : objs.closedEp, ...w(), op: pick(['write', 'read', 'faa']) }))))); break;
         }
@@ -168,7 +183,7 @@ async function main() {
       let settled = false;
       let timer;
       await Promise.race([
-        Promise.all(ps.map((p) => p.then((r) => Array.isArray(r) && r.forEach((x) => !x.ok && check('result', x.error)), (e) => check('post (async)', e)))).then(() => { settled = true; }),
+        Promise.all(ps.map((p) => p.then((r) => Array.isArray(r) && r.forEach((x) => x && (x instanceof Error ? check('fanout result', x) : !x.ok && check('result', x.error))), (e) => check('post (async)', e)))).then(() => { settled = true; }),
         new Promise((r) => { timer = setTimeout(r, PENDING_MS); }),
       ]);
       clearTimeout(timer);

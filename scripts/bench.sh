@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The project's benchmark (`npm run bench`): the data path side by side, in ONE
+# boot of the rxe micro-VM with two emulated NVDIMMs on an eADR platform
+# (natively where the host has rxe and NPMU_DAX_DEVICES):
+#   perftest   ib_write_lat / ib_read_lat (64 B, 4 KiB), ib_write_bw (4 KiB, 64 KiB)
+#   c-loop     one WRITE / READ from C (bench/c/lat.c)
+#   node       the same through the addon (bench/verbs.ts)
+#   c-peer     the durable mirrored write's verbs from C, two QPs (bench/c/peer.c)
+#   rpma       librpma write + flush, write, read (bench/c/rpma.c)
+#   npmu       NpmuClient: durable mirrored writes (eADR and ADR), reads, batches,
+#              pipelined bandwidth (bench/client.ts)
+# then the tables and the data-path targets as ratios in that boot.
+#
+# usage: scripts/bench.sh [--quick] [--iters N] [--warmup N] [--only PARTS] [--timeout SEC]
+#   --quick   200 iterations after 20 warm-up (a smoke run; figures are noisier)
+# Output: the tables on stdout; JSON lines in bench/results/verbs-<UTC time>.json
+# (and verbs-latest.json).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+args=(--pmem --only "${NPMU_BENCH_PARTS:-perftest,c-loop,node,c-peer,rpma,bw,npmu}")
+while (($#)); do
+  case $1 in
+    --quick) export NPMU_BENCH_ITERS=${NPMU_BENCH_ITERS:-200} NPMU_BENCH_WARMUP=${NPMU_BENCH_WARMUP:-20}; shift ;;
+    --only) [[ -n ${2:-} ]] || { echo "bench: --only needs parts" >&2; exit 2; }; args[2]=$2; shift 2 ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+export NPMU_BENCH_ITERS=${NPMU_BENCH_ITERS:-1000}
+exec scripts/bench-verbs.sh "${args[@]}"
