@@ -216,6 +216,13 @@ async function main(): Promise<number> {
       failed++;
       log(`  c-peer FAILED (exit ${code})`);
     }
+    // The same with an ATOMIC fence word instead of the READ (what npmu posts when its units offer one).
+    log('c-peer -F atomic (the fence is an 8-byte FETCH_AND_ADD of 0)');
+    const code2 = await runJsonLines(peer, [...args, '-F', 'atomic', '-o', 'mirror-durable,single-durable,mirror-durable-bw'], o.out);
+    if (code2 !== 0) {
+      failed++;
+      log(`  c-peer -F atomic FAILED (exit ${code2})`);
+    }
     seconds['c-peer'] = secs(t0);
   }
 

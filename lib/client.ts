@@ -34,11 +34,16 @@
  * a unit that does not report it counts as 'none'). The result's `methods`
  * says which was used per half written.
  * - pmem units on a cpu_cache (eADR) platform — `'read-after-write'`: the
- *   WRITE then a READ of its last bytes on the same connection, both posted
- *   together; the READ completes only after the WRITE has been placed in the
- *   unit's memory, and on eADR a placed byte is durable.
+ *   WRITE then a placement fence on the same connection, both posted in one
+ *   call: an 8-byte ATOMIC FETCH_AND_ADD of 0 to the connection's fence word
+ *   (which the unit names in its accept, lib/protocol.ts: AcceptInfo), or a
+ *   READ of the write's last bytes where the unit offers no fence word. Either
+ *   completes only after the unit executed the WRITE before it — the data is
+ *   placed in the unit's memory — and on eADR a placed byte is durable. (The
+ *   atomic, not the READ: rxe defers every READ request to a softirq and the
+ *   poster pays a context switch for it, docs/perf-read.md.)
  * - pmem units on a memory_controller (ADR) platform, or an unknown one —
- *   `'unit-flush'`: the same WRITE + READ (the READ proves placement: the
+ *   `'unit-flush'`: the same WRITE + fence (the fence proves placement: the
  *   persist request travels over TCP, not behind the WRITE on its QP), then
  *   `persist-range` to the unit over its control connection, which flushes
  *   the range from the CPU caches (pmem_persist) before it replies. rxe's
@@ -52,8 +57,8 @@
  */
 import { EventEmitter } from 'node:events';
 import { NpmuError, argRangeError, argTypeError, argValueError } from './errors';
-import { ControlConnection, MAX_LIST } from './protocol';
-import type { OkReply, ReplyBody } from './protocol';
+import { ControlConnection, MAX_LIST, decodeAcceptInfo } from './protocol';
+import type { AcceptInfo, OkReply, ReplyBody } from './protocol';
 import * as verbs from './verbs';
 import type { Endpoint, MemoryRegion } from './verbs';
 import { AttrCache } from '../pmm/attrs';
@@ -215,6 +220,8 @@ interface UnitPath {
   lastError: Error | null;
   /** From the unit's hello; 'none' until then, or if the unit does not report it. */
   persistDomain: PersistDomain;
+  /** The connection's fence word, from the unit's accept (older units offer none: fences are READs). */
+  fenceWord: AcceptInfo | undefined;
 }
 
 interface CachedRegistration {
@@ -365,6 +372,7 @@ export class NpmuClient extends EventEmitter {
       scratch: null,
       usable: false,
       persistDomain: 'none',
+      fenceWord: undefined,
       lastError: r.units[h].available ? null : new Error('the PMM reports this unit unavailable'),
     });
     this.#paths = { primary: path('primary'), mirror: path('mirror') };
@@ -418,6 +426,7 @@ export class NpmuClient extends EventEmitter {
     try {
       const ep = await verbs.connect({ host: u.host, port: u.rdmaPort, privateData: ticket, busyPoll, timeoutMs: 10_000 });
       p.ep = ep;
+      p.fenceWord = decodeAcceptInfo(ep.peerPrivateData);
       ep.onEvent = (ev) => this.#halfDown(h, ev.type === 'error' ? ev.error : new NpmuError('ERR_NPMU_DISCONNECTED', `the ${h} unit disconnected`));
       const access = verbs.Access.LOCAL_WRITE;
       p.staging = verbs.registerMemory(ep.pd, this.#stagingBuf, { access });
@@ -769,7 +778,11 @@ export class NpmuClient extends EventEmitter {
     const leg = { primary: -1, mirror: -1 } as Record<Half, number>;
     halves.forEach((x, i) => (leg[x] = i));
     const fan = verbs.newFanout(
-      halves.map((x) => ({ ep: this.#paths[x].ep!, rkey: h[x].rkey, remoteAddr: h[x].baseNva, length: h.size, fence: this.#paths[x].scratch! })),
+      halves.map((x) => {
+        const p = this.#paths[x];
+        const fw = p.fenceWord ? { fenceAddr: p.fenceWord.fenceAddr, fenceRkey: p.fenceWord.fenceRkey } : {};
+        return { ep: p.ep!, rkey: h[x].rkey, remoteAddr: h[x].baseNva, length: h.size, fence: p.scratch!, ...fw };
+      }),
     );
     const methods = {} as Record<Half, WriteMethod>;
     for (const x of HALVES) methods[x] = methodFor(h[x].durability, this.#paths[x].persistDomain);

@@ -319,8 +319,15 @@ export interface FanoutLeg {
   remoteAddr: bigint;
   /** window length in bytes (number or bigint): every access must lie inside */
   length: number | bigint;
-  /** >= 8 bytes, LOCAL_WRITE, on the endpoint's PD: where the fence READ lands */
+  /** >= 8 bytes, LOCAL_WRITE, on the endpoint's PD: where the fence READ (or atomic's result) lands */
   fence?: NativeMemoryRegion;
+  /**
+   * A fence word on the peer (8-byte aligned, REMOTE_ATOMIC, touched by nothing
+   * but fences): the fence becomes an 8-byte ATOMIC FETCH_AND_ADD of 0 there
+   * instead of a READ of the last bytes written. Needs `fence`.
+   */
+  fenceAddr?: bigint;
+  fenceRkey?: number;
 }
 
 /**
@@ -336,7 +343,8 @@ export type FanoutOutcome = undefined | Array<Error | undefined>;
  * mirror): ONE call posts an RDMA WRITE of the same local bytes on every
  * selected leg and, with `fence`, an RDMA READ of the last (up to) 8 bytes
  * written right behind it on each (on a reliable connection a READ completes
- * only after the responder executed the WRITEs before it), posting every leg
+ * only after the responder executed the WRITEs before it) — or, on legs with
+ * a fence word, an 8-byte ATOMIC FETCH_AND_ADD of 0 to it — posting every leg
  * before polling any, and settles ONE promise. No per-operation JS objects on
  * success. Bounds are checked natively against each leg's window.
  *

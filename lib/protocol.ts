@@ -1343,3 +1343,45 @@ export function parseU64(s: string): bigint {
   if (typeof s !== 'string' || !U64_RE.test(s) || BigInt(s) > U64_MAX) throw argValueError('u64', 'must be a decimal u64 string', s);
   return BigInt(s);
 }
+
+// ---- the RDMA connection's accept private data (unit -> client) ------------
+
+/**
+ * What a unit tells a client in the private data of its RDMA accept: the
+ * connection's fence word, an 8-byte-aligned word in memory registered with
+ * REMOTE_ATOMIC in that connection's protection domain only, which nothing but
+ * this connection's fences touches. A durable write on a platform whose CPU
+ * caches are persistent ends each half with an 8-byte ATOMIC FETCH_AND_ADD of 0
+ * to it: on a reliable connection its response comes only after the unit
+ * executed the WRITEs posted before it (as a READ's would), and rxe runs it
+ * inline where it defers a READ to a softirq (docs/perf-read.md).
+ *
+ * Layout (16 bytes, little-endian): "NPF1", rkey u32, address u64. Anything
+ * else (an older unit, rxe's zero padding) means: no fence word; use a READ.
+ */
+export const ACCEPT_INFO_MAGIC = 'NPF1';
+export const ACCEPT_INFO_SIZE = 16;
+
+export interface AcceptInfo {
+  fenceAddr: bigint;
+  fenceRkey: number;
+}
+
+export function encodeAcceptInfo(i: AcceptInfo): Buffer {
+  if (i.fenceAddr % 8n !== 0n) throw new RangeError('the fence word must be 8-byte aligned');
+  const b = Buffer.alloc(ACCEPT_INFO_SIZE);
+  b.write(ACCEPT_INFO_MAGIC, 0, 'latin1');
+  b.writeUInt32LE(i.fenceRkey >>> 0, 4);
+  b.writeBigUInt64LE(i.fenceAddr, 8);
+  return b;
+}
+
+/** The accept info in `data` (a unit's accept private data), or undefined if there is none or it is malformed. */
+export function decodeAcceptInfo(data: Uint8Array | null | undefined): AcceptInfo | undefined {
+  if (!data || data.length < ACCEPT_INFO_SIZE) return undefined;
+  const b = Buffer.from(data.buffer, data.byteOffset, data.length);
+  if (b.toString('latin1', 0, 4) !== ACCEPT_INFO_MAGIC) return undefined;
+  const fenceAddr = b.readBigUInt64LE(8);
+  if (fenceAddr % 8n !== 0n || fenceAddr === 0n) return undefined;
+  return { fenceRkey: b.readUInt32LE(4), fenceAddr };
+}

@@ -87,6 +87,15 @@ Fanout::Fanout(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Fanout>(info) 
       leg.fence = mr;
       leg.fenceObj = Napi::Persistent(fV.As<Napi::Object>());
     }
+    Napi::Value faV = Prop(o, "fenceAddr");
+    if (!faV.IsUndefined()) {
+      if (!leg.fence) ThrowArgValue(env, name + ".fenceAddr", "needs a fence buffer (the atomic's 8-byte result lands there)", faV);
+      leg.fenceAddr = ToU64(env, faV, name + ".fenceAddr");
+      if (leg.fenceAddr & 7)
+        Throw(env, Failure::Npmu("ERR_NPMU_NOT_ALIGNED", name + ".fenceAddr must be 8-byte aligned (an atomic's target)"));
+      leg.fenceRkey = static_cast<uint32_t>(ToInteger(env, Prop(o, "fenceRkey"), name + ".fenceRkey", 0, 0xffffffffLL));
+      leg.atomicFence = true;
+    }
     leg.epObj = Napi::Persistent(epV.As<Napi::Object>());
   }
   info.This().As<Napi::Object>().TypeTag(&kFanoutTag);
@@ -296,7 +305,25 @@ Napi::Value Fanout::PostWrites(Napi::Env env, Napi::Value srcV, const std::vecto
       }
       recs.push_back(rec);
     }
-    if (fence) {
+    if (fence && leg.atomicFence) {
+      auto* rec = new WrRecord();
+      rec->op = Op::Faa;
+      rec->batch = batch;
+      rec->slot = l * perLeg + items.size();
+      rec->mr = leg.fence;  // held by the Fanout's reference to its object
+      rec->local = leg.fence->addr;
+      rec->sge.addr = reinterpret_cast<uintptr_t>(leg.fence->addr);
+      rec->sge.length = 8;
+      rec->sge.lkey = leg.fence->lkey;
+      ibv_send_wr& w = rec->swr;
+      w.opcode = IBV_WR_ATOMIC_FETCH_AND_ADD;
+      w.num_sge = 1;
+      w.send_flags = IBV_SEND_SIGNALED;
+      w.wr.atomic.remote_addr = leg.fenceAddr;
+      w.wr.atomic.rkey = leg.fenceRkey;
+      w.wr.atomic.compare_add = 0;
+      recs.push_back(rec);
+    } else if (fence) {
       const Item& last = items.back();
       size_t k = std::min<size_t>(8, last.length);
       auto* rec = new WrRecord();

@@ -6,7 +6,9 @@
 // local bytes to every selected leg — and, when asked, an RDMA READ of the
 // last bytes written right behind it on each leg (a READ after WRITE on a
 // reliable connection completes only once the responder has executed the
-// WRITE) — before polling any of them, and settles ONE promise when every
+// WRITE; or an 8-byte ATOMIC FETCH_AND_ADD of 0 to a "fence word" the leg
+// names, which orders the same way and which rxe executes inline where it
+// defers a READ to a softirq) — before polling any of them, and settles ONE promise when every
 // work request is in: `undefined` if all succeeded, else an array with the
 // first error of each leg (undefined for legs that succeeded or were not
 // selected). No per-operation JS objects are created on success.
@@ -33,6 +35,11 @@ struct FanoutLeg {
   uint64_t length = 0;  // window length: every access must lie inside it
   std::shared_ptr<MrRes> fence;  // >= 8 bytes, LOCAL_WRITE, on the leg's PD; may be null
   Napi::ObjectReference fenceObj;
+  // With a fence word: the fence is an 8-byte ATOMIC FETCH_AND_ADD of 0 there
+  // (8-byte aligned, REMOTE_ATOMIC), not a READ of the last bytes written.
+  bool atomicFence = false;
+  uint64_t fenceAddr = 0;
+  uint32_t fenceRkey = 0;
 };
 
 class Fanout : public Napi::ObjectWrap<Fanout> {

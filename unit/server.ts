@@ -50,7 +50,7 @@ import * as net from 'node:net';
 import { NpmuError, argTypeError, argValueError } from '../lib/errors';
 import { Access, firstActiveDevice, listen, mapExtents, newProtectionDomain, openContext, registerMemory } from '../lib/verbs';
 import type { ConnectionRequest, Context, Endpoint, Extent, Listener, Mapping, MemoryRegion, ProtectionDomainHandle } from '../lib/verbs';
-import { MAX_LIST, decodeBytes, parseU64, serve, typesServedBy } from '../lib/protocol';
+import { MAX_LIST, decodeBytes, encodeAcceptInfo, parseU64, serve, typesServedBy } from '../lib/protocol';
 import type { MessageType, ReplyInput, Request, RequestBody, ServerConnection } from '../lib/protocol';
 import { KEY_SIZE, TICKET_SIZE, verifyTicket } from '../lib/ticket';
 import type { TicketKind } from '../lib/ticket';
@@ -113,6 +113,8 @@ interface Session {
   remoteAddress: string;
   connectedAtMs: number;
   mappings: Map<string, UnitMapping>;
+  /** The connection's fence word (lib/protocol.ts: AcceptInfo), in its PD only. */
+  fence: MemoryRegion | undefined;
 }
 
 /** What `info` returns (the protocol's info reply). */
@@ -288,10 +290,14 @@ export class UnitServer extends EventEmitter {
       remoteAddress: req.remoteAddress.slice(0, 64),
       connectedAtMs: Date.now(),
       mappings: new Map(),
+      fence: undefined,
     };
     let accepted: Promise<Endpoint>;
     try {
-      accepted = req.accept({ pd, sqDepth: 4, rqDepth: 4 });
+      // The fence word: atomics of this connection only (it is in this PD alone), never data.
+      s.fence = registerMemory(pd, Buffer.alloc(64), { access: Access.LOCAL_WRITE | Access.REMOTE_ATOMIC });
+      const fenceAddr = (s.fence.iova + 7n) & ~7n;
+      accepted = req.accept({ pd, sqDepth: 4, rqDepth: 4, privateData: encodeAcceptInfo({ fenceAddr, fenceRkey: s.fence.rkey }) });
     } catch (err) {
       this.#closePd(s);
       throw err;
@@ -343,6 +349,11 @@ export class UnitServer extends EventEmitter {
   }
 
   #closePd(s: Session): void {
+    try {
+      s.fence?.close();
+    } catch (err) {
+      this.#log(`session ${s.sessionId}: fence close: ${(err as Error).message}`);
+    }
     try {
       s.pd.close();
     } catch (err) {

@@ -49,6 +49,13 @@
  * source get a fresh stamp; after it, the targets (the server's mappings, in
  * this process) and the READs' destinations must hold it, or peer fails.
  *
+ * -F atomic: the fence after each WRITE is an 8-byte ATOMIC FETCH_AND_ADD of 0
+ * to a word no write touches (the target's last 8 bytes), not a READ: on a
+ * reliable connection its response, too, comes only after the responder
+ * executed the WRITE before it; rxe runs it inline where it defers a READ
+ * request to a tasklet (see docs/perf-read.md). What npmu's durable write
+ * posts when its unit offers a fence word. Ops are then named *-faa.
+ *
  * RDMA READ credits: initiator_depth / responder_resources are 16 (capped by
  * the device), as the addon asks by default.
  *
@@ -180,7 +187,8 @@ static void *server_main(void *arg) {
     ids[half] = id;
     struct target *t = &targets[half];
     mrs[half] = ibv_reg_mr(id->pd, t->base, t->len,
-                           IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ);
+                           IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ |
+                               IBV_ACCESS_REMOTE_ATOMIC);
     if (!mrs[half]) die("server ibv_reg_mr of target %d (%s): %s", half, t->path ? t->path : "anonymous", strerror(errno));
     struct ibv_device_attr da;
     if (ibv_query_device(id->verbs, &da)) die("ibv_query_device failed");
@@ -226,6 +234,10 @@ struct half {
 
 static struct half H[2];
 static uint32_t max_inline = 64;
+/* -F atomic: the fence after each WRITE is an 8-byte ATOMIC FETCH_AND_ADD of 0
+ * to a word no write touches (the target's last 8 bytes) instead of a READ;
+ * ops are then named *-faa. */
+static int fence_atomic = 0;
 static size_t target_len = 64u << 20;
 
 static double ts_us(const struct timespec *a, const struct timespec *b) {
@@ -272,10 +284,17 @@ static void prep_pair(struct pair *p, struct half *h, uint32_t size, size_t slot
   p->rsge.lkey = h->mr->lkey;
   p->r.sg_list = &p->rsge;
   p->r.num_sge = 1;
-  p->r.opcode = IBV_WR_RDMA_READ;
   p->r.send_flags = IBV_SEND_SIGNALED;
-  p->r.wr.rdma.remote_addr = h->raddr + off + size - READ_LEN;
-  p->r.wr.rdma.rkey = h->rkey;
+  if (fence_atomic) {
+    p->r.opcode = IBV_WR_ATOMIC_FETCH_AND_ADD;
+    p->r.wr.atomic.remote_addr = h->raddr + target_len - READ_LEN;
+    p->r.wr.atomic.rkey = h->rkey;
+    p->r.wr.atomic.compare_add = 0;
+  } else {
+    p->r.opcode = IBV_WR_RDMA_READ;
+    p->r.wr.rdma.remote_addr = h->raddr + off + size - READ_LEN;
+    p->r.wr.rdma.rkey = h->rkey;
+  }
   p->r.wr_id = h->next_wr_id++;
   p->w.next = &p->r;
 }
@@ -313,12 +332,14 @@ static void stamp(struct half *h, uint32_t size, size_t slot, uint64_t v) {
 static void verify(int k, uint32_t size, size_t slot, uint64_t off, uint64_t v, int with_read, const char *what) {
   if (memcmp((char *)targets[k].base + off + size - READ_LEN, &v, READ_LEN))
     die("%s %u: the last bytes written are not in target %c", what, size, 'A' + k);
-  if (with_read && memcmp(H[k].buf + H[k].src_len + slot * READ_LEN, &v, READ_LEN))
+  if (with_read && !fence_atomic && memcmp(H[k].buf + H[k].src_len + slot * READ_LEN, &v, READ_LEN))
     die("%s %u: the READ on %c did not return the bytes written", what, size, 'A' + k);
 }
 
 enum op { OP_MIRROR_DURABLE, OP_MIRROR, OP_SINGLE_DURABLE, OP_READ, OP_BW };
 static const char *const OP_NAMES[] = {"mirror-durable", "mirror", "single-durable", "read", "mirror-durable-bw"};
+static const char *const FAA_NAMES[] = {"mirror-durable-faa", "mirror", "single-durable-faa", "read", "mirror-durable-faa-bw"};
+static const char *op_name(enum op op) { return fence_atomic ? FAA_NAMES[op] : OP_NAMES[op]; }
 
 static void print_stats(const char *op, uint32_t size, size_t n, size_t warmup, double *samples) {
   double sum = 0;
@@ -332,7 +353,7 @@ static void print_stats(const char *op, uint32_t size, size_t n, size_t warmup, 
 }
 
 static void run_latency(enum op op, uint32_t size, size_t warmup, size_t n, double *samples) {
-  const char *name = OP_NAMES[op];
+  const char *name = op_name(op);
   int use_b = op == OP_MIRROR_DURABLE || op == OP_MIRROR;
   int with_read = op == OP_MIRROR_DURABLE || op == OP_SINGLE_DURABLE;
   if (with_read && size < READ_LEN) die("%s needs a size of at least %d bytes", name, READ_LEN);
@@ -389,7 +410,7 @@ static void run_latency(enum op op, uint32_t size, size_t warmup, size_t n, doub
 
 /* mirror-durable with `depth` operations in flight. */
 static void run_bw(uint32_t size, unsigned depth_req, size_t warmup, size_t n, double *samples) {
-  const char *name = OP_NAMES[OP_BW];
+  const char *name = op_name(OP_BW);
   if (size < READ_LEN) die("%s needs a size of at least %d bytes", name, READ_LEN);
   if (size > target_len) die("%s: size %u exceeds the target (%zu bytes)", name, size, target_len);
   /* Each operation holds 2 send-queue slots and 2 CQ entries per QP. */
@@ -500,7 +521,7 @@ static size_t parse_list(const char *opt, char *arg, uint32_t *out, unsigned lon
 static void usage(FILE *f, const char *argv0) {
   fprintf(f,
           "usage: %s [-a ADDR] [-n N] [-w WARMUP] [-s 64,4096] [-o OPS] [-d 1,8,32] [-S 4096,65536]\n"
-          "          [-f PATH1,PATH2] [-m BYTES] [-i INLINE]\n"
+          "          [-f PATH1,PATH2] [-m BYTES] [-i INLINE] [-F read|atomic]\n"
           "  OPS: mirror-durable,mirror,single-durable,read,mirror-durable-bw (default: all)\n",
           argv0);
 }
@@ -512,7 +533,7 @@ int main(int argc, char **argv) {
   char ops_arg[256] = "mirror-durable,mirror,single-durable,read,mirror-durable-bw";
   char *paths_arg = NULL;
   int c;
-  while ((c = getopt(argc, argv, "a:n:w:s:o:d:S:f:m:i:h")) != -1) {
+  while ((c = getopt(argc, argv, "a:n:w:s:o:d:S:f:m:i:F:h")) != -1) {
     switch (c) {
       case 'a': addr = optarg; break;
       case 'n': n = parse_count("-n", optarg); break;
@@ -524,6 +545,11 @@ int main(int argc, char **argv) {
       case 'f': paths_arg = optarg; break;
       case 'm': target_len = parse_count("-m", optarg); break;
       case 'i': max_inline = (uint32_t)parse_count("-i", optarg); break;
+      case 'F':
+        if (!strcmp(optarg, "atomic")) fence_atomic = 1;
+        else if (!strcmp(optarg, "read")) fence_atomic = 0;
+        else die("-F: read or atomic, not %s", optarg);
+        break;
       case 'h': usage(stdout, argv[0]); return 0;
       default: usage(stderr, argv[0]); return 2;
     }

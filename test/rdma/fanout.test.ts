@@ -86,6 +86,33 @@ t.test('Fanout: one call writes every leg (inline, registered, chained), fences,
   for (const m of mrs) m.close();
 });
 
+t.test('Fanout: an atomic fence on a fence word orders like the READ and leaves the word as it was', async (t) => {
+  const a = await leg();
+  const b = await leg();
+  t.teardown(async () => {
+    await closeLeg(a);
+    await closeLeg(b);
+  });
+  // The fence words: the last aligned word of each remote buffer, which no write below touches.
+  const word = (l: Leg): bigint => ((l.rmr.iova + BigInt(l.remote.length) - 8n) & ~7n);
+  const fan = newFanout([a, b].map((l) => ({ ep: l.pair.client, rkey: l.rmr.rkey, remoteAddr: l.rmr.iova, length: 4096, fence: l.fence, fenceAddr: word(l), fenceRkey: l.rmr.rkey })));
+  const off = (l: Leg): number => Number(word(l) - l.rmr.iova);
+  for (const l of [a, b]) l.remote.writeBigUInt64LE(0x1122334455667788n, off(l));
+  const src = Buffer.alloc(64, 0x3c);
+  for (let i = 0; i < 50; i++) {
+    src.writeUInt32LE(i, 60);
+    t.equal(await fan.write(src, 0, 64, 128, undefined, true), undefined);
+    for (const l of [a, b]) if (l.remote.readUInt32LE(128 + 60) !== i) t.fail(`write ${i} not placed when its fence completed`);
+  }
+  for (const l of [a, b]) t.equal(l.remote.readBigUInt64LE(off(l)), 0x1122334455667788n, 'the fence word is unchanged (FETCH_AND_ADD of 0)');
+  t.equal(a.fence.closed, false);
+  // a fence word without a fence buffer, misaligned, or of the wrong type
+  t.throws(() => newFanout([{ ep: a.pair.client, rkey: 1, remoteAddr: 0n, length: 8, fenceAddr: 8n, fenceRkey: 1 }]), { code: 'ERR_INVALID_ARG_VALUE' });
+  t.throws(() => newFanout([{ ep: a.pair.client, rkey: 1, remoteAddr: 0n, length: 8, fence: a.fence, fenceAddr: 12n, fenceRkey: 1 }]), { code: 'ERR_NPMU_NOT_ALIGNED' });
+  t.throws(() => newFanout([{ ep: a.pair.client, rkey: 1, remoteAddr: 0n, length: 8, fence: a.fence, fenceAddr: 8 as never, fenceRkey: 1 }]), { code: 'ERR_INVALID_ARG_TYPE' });
+  t.throws(() => newFanout([{ ep: a.pair.client, rkey: 1, remoteAddr: 0n, length: 8, fence: a.fence, fenceAddr: 8n }]), { code: 'ERR_INVALID_ARG_TYPE' }, 'fenceRkey missing');
+});
+
 t.test('Fanout: every bad argument is refused before anything is posted', async (t) => {
   const a = await leg(4096);
   const b = await leg(4096);

@@ -994,3 +994,19 @@ t.test('many clients at once', async (t) => {
   t.equal(replies.length, 20 * TYPES.length);
   t.ok(replies.every((r) => r.type === 'ok'));
 });
+
+t.test('the accept info (a unit names the connection fence word)', async (t) => {
+  const { encodeAcceptInfo, decodeAcceptInfo, ACCEPT_INFO_SIZE } = await import('../../lib/protocol');
+  const b = encodeAcceptInfo({ fenceAddr: 0x7f0000001008n, fenceRkey: 0xdeadbeef });
+  t.equal(b.length, ACCEPT_INFO_SIZE);
+  t.same(decodeAcceptInfo(b), { fenceAddr: 0x7f0000001008n, fenceRkey: 0xdeadbeef });
+  const padded = Buffer.concat([b, Buffer.alloc(40)]); // rxe pads private data with zeros
+  t.same(decodeAcceptInfo(padded), { fenceAddr: 0x7f0000001008n, fenceRkey: 0xdeadbeef });
+  t.same(decodeAcceptInfo(padded.subarray(0, 40).subarray(0, 15)), undefined, 'too short');
+  t.equal(decodeAcceptInfo(Buffer.alloc(56)), undefined, 'zeros: an older unit');
+  t.equal(decodeAcceptInfo(null), undefined);
+  const bad = Buffer.from(b);
+  bad.writeBigUInt64LE(0x1003n, 8);
+  t.equal(decodeAcceptInfo(bad), undefined, 'a misaligned word is not used');
+  t.throws(() => encodeAcceptInfo({ fenceAddr: 3n, fenceRkey: 1 }), RangeError);
+});
