@@ -14,7 +14,7 @@
  * WRITEs of at most INLINE bytes are posted with IBV_SEND_INLINE, mirroring the
  * addon's default maxInline of 64.
  *
- * usage: lat [-a ADDR] [-n N] [-w WARMUP] [-s SIZES] [-o OPS] [-i INLINE] [-y N] [-t PAGES]
+ * usage: lat [-a ADDR] [-n N] [-w WARMUP] [-s SIZES] [-o OPS] [-i INLINE] [-y N] [-t PAGES] [-c CPU] [-F]
  *   ADDR    IPv4 address of the RDMA device (default $NPMU_RXE_ADDR)
  *   SIZES   comma list of byte counts (default 64,4096)
  *   OPS     comma list of write,read (default write,read)
@@ -25,6 +25,10 @@
  *           touch N distinct 4 KiB pages (read+write one byte each), as a
  *           runtime with a large working set does work between the completion
  *           and the caller seeing it (default 0). See docs/perf-read.md
+ *   -c CPU  pin the process (both threads) to CPU (default $NPMU_BENCH_CPU;
+ *           unset or empty: not pinned)
+ *   -F      run SCHED_FIFO priority 1 (default: $NPMU_BENCH_SCHED=fifo), so a
+ *           ksoftirqd woken by rxe cannot preempt the poster (docs/perf-read.md)
  * env NPMU_BENCH_ITERS / NPMU_BENCH_WARMUP give defaults for -n / -w.
  *
  * build: cc -O2 -Wall -Wextra -o lat lat.c -lrdmacm -libverbs -lpthread
@@ -229,8 +233,10 @@ int main(int argc, char **argv) {
   verbose = getenv("NPMU_BENCH_VERBOSE") && *getenv("NPMU_BENCH_VERBOSE");
   size_t n = env_size("NPMU_BENCH_ITERS", 2000), warmup = env_size("NPMU_BENCH_WARMUP", 100);
   char sizes_arg[256] = "64,4096", ops_arg[64] = "write,read";
+  const char *cpu_arg = getenv("NPMU_BENCH_CPU");
+  int fifo = getenv("NPMU_BENCH_SCHED") && strcmp(getenv("NPMU_BENCH_SCHED"), "fifo") == 0;
   int c;
-  while ((c = getopt(argc, argv, "a:n:w:s:o:i:y:t:h")) != -1) {
+  while ((c = getopt(argc, argv, "a:n:w:s:o:i:y:t:c:Fh")) != -1) {
     switch (c) {
       case 'a': addr = optarg; break;
       case 'n': n = strtoull(optarg, NULL, 10); break;
@@ -240,13 +246,26 @@ int main(int argc, char **argv) {
       case 'i': max_inline = (uint32_t)strtoul(optarg, NULL, 10); break;
       case 'y': yield_every = (unsigned)strtoul(optarg, NULL, 10); break;
       case 't': touch_pages = strtoull(optarg, NULL, 10); break;
+      case 'c': cpu_arg = optarg; break;
+      case 'F': fifo = 1; break;
       default:
-        fprintf(stderr, "usage: %s [-a ADDR] [-n N] [-w WARMUP] [-s 64,4096] [-o write,read] [-i INLINE] [-y N] [-t PAGES]\n", argv[0]);
+        fprintf(stderr, "usage: %s [-a ADDR] [-n N] [-w WARMUP] [-s 64,4096] [-o write,read] [-i INLINE] [-y N] [-t PAGES] [-c CPU] [-F]\n", argv[0]);
         return c == 'h' ? 0 : 2;
     }
   }
   if (!addr || !*addr) die("no address: pass -a ADDR or set NPMU_RXE_ADDR");
   if (n < 1) die("-n must be at least 1");
+  /* Before the server thread exists: it inherits both. */
+  if (cpu_arg && *cpu_arg) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET((int)strtol(cpu_arg, NULL, 10), &set);
+    if (sched_setaffinity(0, sizeof set, &set)) die_errno("sched_setaffinity");
+  }
+  if (fifo) {
+    struct sched_param sp = {.sched_priority = 1};
+    if (sched_setscheduler(0, SCHED_FIFO, &sp)) die_errno("sched_setscheduler(SCHED_FIFO)");
+  }
   if (touch_pages) {
     touch_buf = calloc(touch_pages, 4096);
     if (!touch_buf) die("out of memory");
