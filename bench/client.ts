@@ -29,7 +29,8 @@
  * usage: node dist/bench/client.js [--iters N] [--warmup N] [--modes busy,event]
  *          [--domains cpu_cache,memory_controller] [--no-bw] [--quick]
  * env: NPMU_DAX_DEVICES (two devdax devices), NPMU_RXE_ADDR, NPMU_BENCH_ITERS,
- *      NPMU_BENCH_WARMUP.
+ *      NPMU_BENCH_WARMUP, NPMU_BENCH_CPU / NPMU_BENCH_SCHED (placement, as in
+ *      bench/verbs.ts; scripts/bench-verbs.sh pins to CPU 0 by default).
  */
 import { randomBytes } from 'node:crypto';
 import { ControlConnection } from '../lib/protocol';
@@ -41,6 +42,7 @@ import { UnitDevice } from '../unit/device';
 import type { PersistDomain } from '../unit/device';
 import { UnitServer } from '../unit/server';
 import { summarize } from './stats';
+import { placeSelf } from './verbs';
 
 const KEY = randomBytes(32);
 const clients = new ClientRegistry({ entries: parseClients(clientLine('bench', 'bench-secret', { logN: 4 })) });
@@ -176,8 +178,9 @@ async function pipelined(c: NpmuClient, h: RegionHandle, o: Options, impl: strin
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
+  const placed = placeSelf(); // as the Node verbs benchmark: NPMU_BENCH_CPU, NPMU_BENCH_SCHED
   const t0 = Date.now();
-  log(`${o.dax.join(', ')} at ${o.host}; domains ${o.domains.join(', ')}; modes ${o.modes.join(', ')}; ${o.warmup} warm-up + ${o.iters} iterations`);
+  log(`${o.dax.join(', ')} at ${o.host}${placed}; domains ${o.domains.join(', ')}; modes ${o.modes.join(', ')}; ${o.warmup} warm-up + ${o.iters} iterations`);
   for (const d of o.domains) await measureDomain(o, d, (r) => process.stdout.write(JSON.stringify(r) + '\n'));
   log(`done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 }

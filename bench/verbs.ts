@@ -14,9 +14,14 @@
  * usage: node dist/bench/verbs.js [--iters N] [--warmup N] [--sizes 64,4096]
  *          [--ops write,read] [--modes busy,event] [--addr A] [--dev rxe0]
  * env: NPMU_BENCH_ITERS, NPMU_BENCH_WARMUP (defaults for --iters / --warmup),
- *      NPMU_RXE_ADDR, NPMU_RXE_DEV.
+ *      NPMU_RXE_ADDR, NPMU_RXE_DEV,
+ *      NPMU_BENCH_CPU (pin this process, all its threads, to that CPU: taskset),
+ *      NPMU_BENCH_SCHED=fifo (main thread SCHED_FIFO 1: chrt; a ksoftirqd woken
+ *      by rxe's READ path then cannot preempt the poster, docs/perf-read.md).
+ *      bench/c/lat.c honours the same two.
  * Run with --expose-gc to collect garbage between runs (not inside them).
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { Access, connect, firstActiveDevice, listen, newProtectionDomain, openContext, registerMemory } from '../lib/verbs';
@@ -205,12 +210,36 @@ export async function runVerbsBench(o: VerbsBenchOptions, emit: (r: NodeResult) 
   return out;
 }
 
+/** NPMU_BENCH_CPU / NPMU_BENCH_SCHED: place this process; a description for the log. */
+export function placeSelf(env: NodeJS.ProcessEnv = process.env): string {
+  const run = (cmd: string, args: string[]): void => {
+    const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+    if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.error?.message ?? `status ${r.status}`})`);
+  };
+  const parts: string[] = [];
+  const cpu = env.NPMU_BENCH_CPU;
+  if (cpu !== undefined && cpu !== '') {
+    if (!/^\d+$/.test(cpu)) throw new RangeError(`bad NPMU_BENCH_CPU '${cpu}'`);
+    run('taskset', ['-a', '-p', '-c', cpu, String(process.pid)]);
+    parts.push(`pinned to CPU ${cpu}`);
+  }
+  const sched = env.NPMU_BENCH_SCHED;
+  if (sched === 'fifo') {
+    run('chrt', ['-f', '-p', '1', String(process.pid)]);
+    parts.push('SCHED_FIFO 1');
+  } else if (sched !== undefined && sched !== '' && sched !== 'other') {
+    throw new RangeError(`bad NPMU_BENCH_SCHED '${sched}' (fifo or other)`);
+  }
+  return parts.length ? `, ${parts.join(', ')}` : ', not pinned';
+}
+
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
+  const placed = placeSelf();
   const t0 = Date.now();
   process.stderr.write(
     `bench/verbs: ${o.dev} at ${o.addr}, modes ${o.modes.join(',')}, ops ${o.ops.join(',')}, sizes ${o.sizes.join(',')}, ` +
-      `${o.warmup} warm-up + ${o.iters} timed iterations each${(globalThis as { gc?: unknown }).gc ? '' : ' (no --expose-gc)'}\n`,
+      `${o.warmup} warm-up + ${o.iters} timed iterations each${placed}${(globalThis as { gc?: unknown }).gc ? '' : ' (no --expose-gc)'}\n`,
   );
   await runVerbsBench(o, (r) => process.stdout.write(JSON.stringify(r) + '\n'));
   process.stderr.write(`bench/verbs: done in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);

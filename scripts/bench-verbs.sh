@@ -15,14 +15,18 @@
 #           (256 MiB each, sparse): c-peer and rpma then target devdax
 # env: NPMU_BENCH_ITERS / NPMU_BENCH_WARMUP (defaults 2000 / 100), NPMU_RXE_ADDR
 #      (native runs: the device's IPv4 address, if it cannot be found),
-#      NPMU_BENCH_NO_ADDON_BUILD=1 (use build/Release/npmu_native.node as it is).
+#      NPMU_BENCH_NO_ADDON_BUILD=1 (use build/Release/npmu_native.node as it is),
+#      NPMU_BENCH_CPU (default 0: the Node and C-loop parts pin themselves to
+#      that CPU, as perftest users do with taskset; empty: not pinned),
+#      NPMU_BENCH_SCHED=fifo (diagnostic: their poster runs SCHED_FIFO 1, so
+#      rxe's per-READ ksoftirqd wakeup cannot preempt it; docs/perf-read.md).
 # Output: the table on stdout; every result as a JSON line in
 # bench/results/verbs-<UTC timestamp>.json, copied to bench/results/verbs-latest.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "bench-verbs: $*" >&2; exit 2; }
 
 where=auto timeout=${NPMU_BENCH_TIMEOUT:-1200} run_args=() vm_args=()
@@ -40,6 +44,11 @@ while (($#)); do
     *) usage >&2; die "unknown argument $1" ;;
   esac
 done
+
+# Pinned by default: a floating Node poster migrates between (emulated) CPUs,
+# which inflates and scatters its figures (docs/perf-read.md). rxe-vm.sh passes
+# NPMU_* into the guest.
+export NPMU_BENCH_CPU=${NPMU_BENCH_CPU-0}
 
 t_start=$(date +%s)
 mkdir -p .cache/bench bench/results

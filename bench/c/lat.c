@@ -14,13 +14,21 @@
  * WRITEs of at most INLINE bytes are posted with IBV_SEND_INLINE, mirroring the
  * addon's default maxInline of 64.
  *
- * usage: lat [-a ADDR] [-n N] [-w WARMUP] [-s SIZES] [-o OPS] [-i INLINE] [-y N]
+ * usage: lat [-a ADDR] [-n N] [-w WARMUP] [-s SIZES] [-o OPS] [-i INLINE] [-y N] [-t PAGES] [-c CPU] [-F]
  *   ADDR    IPv4 address of the RDMA device (default $NPMU_RXE_ADDR)
  *   SIZES   comma list of byte counts (default 64,4096)
  *   OPS     comma list of write,read (default write,read)
  *   INLINE  largest WRITE sent inline (default 64; 0: none)
  *   -y N    diagnostic: sched_yield() after every N empty polls (default 0:
  *           never), as a spinning poller that yields would
+ *   -t N    diagnostic: after each completion, before the second clock read,
+ *           touch N distinct 4 KiB pages (read+write one byte each), as a
+ *           runtime with a large working set does work between the completion
+ *           and the caller seeing it (default 0). See docs/perf-read.md
+ *   -c CPU  pin the process (both threads) to CPU (default $NPMU_BENCH_CPU;
+ *           unset or empty: not pinned)
+ *   -F      run SCHED_FIFO priority 1 (default: $NPMU_BENCH_SCHED=fifo), so a
+ *           ksoftirqd woken by rxe cannot preempt the poster (docs/perf-read.md)
  * env NPMU_BENCH_ITERS / NPMU_BENCH_WARMUP give defaults for -n / -w.
  *
  * build: cc -O2 -Wall -Wextra -o lat lat.c -lrdmacm -libverbs -lpthread
@@ -82,6 +90,8 @@ static void phase(const char *what) {
 }
 static uint32_t max_inline = 64;
 static unsigned yield_every; /* -y: sched_yield() every N empty polls (0: never) */
+static size_t touch_pages;    /* -t: pages touched after each completion, inside the window */
+static volatile unsigned char *touch_buf;
 
 static void publish(int failed, uint64_t addr, uint32_t rkey) {
   pthread_mutex_lock(&shared.m);
@@ -191,6 +201,7 @@ static void run(struct rdma_cm_id *id, struct ibv_mr *mr, const char *op, uint32
     while ((got = ibv_poll_cq(id->send_cq, 1, &wc)) == 0) {
       if (yield_every && ++idle % yield_every == 0) sched_yield();
     }
+    for (size_t p = 0; p < touch_pages; p++) touch_buf[p * 4096 + (p % 64) * 64]++;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (got < 0) die("ibv_poll_cq failed");
     if (wc.status != IBV_WC_SUCCESS) die("%s %u: completion %s", op, size, ibv_wc_status_str(wc.status));
@@ -222,8 +233,10 @@ int main(int argc, char **argv) {
   verbose = getenv("NPMU_BENCH_VERBOSE") && *getenv("NPMU_BENCH_VERBOSE");
   size_t n = env_size("NPMU_BENCH_ITERS", 2000), warmup = env_size("NPMU_BENCH_WARMUP", 100);
   char sizes_arg[256] = "64,4096", ops_arg[64] = "write,read";
+  const char *cpu_arg = getenv("NPMU_BENCH_CPU");
+  int fifo = getenv("NPMU_BENCH_SCHED") && strcmp(getenv("NPMU_BENCH_SCHED"), "fifo") == 0;
   int c;
-  while ((c = getopt(argc, argv, "a:n:w:s:o:i:y:h")) != -1) {
+  while ((c = getopt(argc, argv, "a:n:w:s:o:i:y:t:c:Fh")) != -1) {
     switch (c) {
       case 'a': addr = optarg; break;
       case 'n': n = strtoull(optarg, NULL, 10); break;
@@ -232,13 +245,31 @@ int main(int argc, char **argv) {
       case 'o': snprintf(ops_arg, sizeof ops_arg, "%s", optarg); break;
       case 'i': max_inline = (uint32_t)strtoul(optarg, NULL, 10); break;
       case 'y': yield_every = (unsigned)strtoul(optarg, NULL, 10); break;
+      case 't': touch_pages = strtoull(optarg, NULL, 10); break;
+      case 'c': cpu_arg = optarg; break;
+      case 'F': fifo = 1; break;
       default:
-        fprintf(stderr, "usage: %s [-a ADDR] [-n N] [-w WARMUP] [-s 64,4096] [-o write,read] [-i INLINE] [-y N]\n", argv[0]);
+        fprintf(stderr, "usage: %s [-a ADDR] [-n N] [-w WARMUP] [-s 64,4096] [-o write,read] [-i INLINE] [-y N] [-t PAGES] [-c CPU] [-F]\n", argv[0]);
         return c == 'h' ? 0 : 2;
     }
   }
   if (!addr || !*addr) die("no address: pass -a ADDR or set NPMU_RXE_ADDR");
   if (n < 1) die("-n must be at least 1");
+  /* Before the server thread exists: it inherits both. */
+  if (cpu_arg && *cpu_arg) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET((int)strtol(cpu_arg, NULL, 10), &set);
+    if (sched_setaffinity(0, sizeof set, &set)) die_errno("sched_setaffinity");
+  }
+  if (fifo) {
+    struct sched_param sp = {.sched_priority = 1};
+    if (sched_setscheduler(0, SCHED_FIFO, &sp)) die_errno("sched_setscheduler(SCHED_FIFO)");
+  }
+  if (touch_pages) {
+    touch_buf = calloc(touch_pages, 4096);
+    if (!touch_buf) die("out of memory");
+  }
 
   uint32_t sizes[MAX_SIZES];
   size_t nsizes = 0;
