@@ -220,8 +220,10 @@ export function placeSelf(env: NodeJS.ProcessEnv = process.env): string {
   const cpu = env.NPMU_BENCH_CPU;
   if (cpu !== undefined && cpu !== '') {
     if (!/^\d+$/.test(cpu)) throw new RangeError(`bad NPMU_BENCH_CPU '${cpu}'`);
-    run('taskset', ['-a', '-p', '-c', cpu, String(process.pid)]);
-    parts.push(`pinned to CPU ${cpu}`);
+    // The main thread only (its tid is the pid): V8's GC helpers and libuv's
+    // pool stay free to run elsewhere instead of preempting the poster.
+    run('taskset', ['-p', '-c', cpu, String(process.pid)]);
+    parts.push(`main thread pinned to CPU ${cpu}`);
   }
   const sched = env.NPMU_BENCH_SCHED;
   if (sched === 'fifo') {

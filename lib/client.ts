@@ -76,7 +76,9 @@ export type Durability = 'pmem' | 'msync' | 'volatile';
 export type PersistDomain = 'cpu_cache' | 'memory_controller' | 'none';
 /** How a write was made durable on one half (see the file comment). */
 export type WriteMethod = 'read-after-write' | 'unit-flush' | 'msync' | 'none';
-const HALVES: readonly Half[] = ['primary', 'mirror'];
+const HALVES: readonly Half[] = Object.freeze(['primary', 'mirror'] as Half[]);
+const ONLY_PRIMARY: readonly Half[] = Object.freeze(['primary'] as Half[]);
+const ONLY_MIRROR: readonly Half[] = Object.freeze(['mirror'] as Half[]);
 const U64 = 1n << 64n;
 /** Errors of a post refused locally: they say nothing about the half. */
 const LOCAL_POST_ERRORS: ReadonlySet<string | undefined> = new Set(['ENOMEM', 'EAGAIN', 'ERR_NPMU_DETACHED']);
@@ -139,6 +141,7 @@ export class RegionHandle {
   /** @internal */
   readonly owner: NpmuClient;
   #closed = false;
+  #end: bigint;
 
   /** @internal */
   constructor(owner: NpmuClient, r: ReplyBody<'open-region'>) {
@@ -153,11 +156,12 @@ export class RegionHandle {
       Object.freeze({ unitId: h.unitId, baseNva: BigInt(h.iova), rkey: h.rkey, mapId: h.mapId, durability: h.durability, available: h.available, stale: h.stale === true });
     this.primary = half(r.primary);
     this.mirror = half(r.mirror);
+    this.#end = this.basePointer + BigInt(this.size);
   }
 
   /** One past the last valid pointer: basePointer + size. */
   get end(): bigint {
-    return this.basePointer + BigInt(this.size);
+    return this.#end;
   }
 
   get closed(): boolean {
@@ -240,6 +244,20 @@ interface Plan {
   staging: MemoryRegion[];
   /** the durable write method of each half */
   methods: Record<Half, WriteMethod>;
+  /** per (mirror mode, durable): what a write posts and reports, worked out once */
+  shapes: Map<string, WriteShape>;
+}
+
+/** What a write of one mirror mode and durability posts and reports (per plan). */
+interface WriteShape {
+  halves: readonly Half[];
+  mask: number;
+  fence: boolean;
+  durable: boolean;
+  durability: Durability | 'none';
+  methods: Partial<Record<Half, WriteMethod>>;
+  /** halves whose unit is asked to persist after the post (msync, unit-flush) */
+  persist: readonly Half[];
 }
 
 /** One write of a batch: `n` bytes of `view` at region offset `off`. */
@@ -252,14 +270,7 @@ interface WritePart {
 const MAX_BATCH = 4096;
 const MIRROR_MODES = Object.values(Mirror);
 const READ_MODES = Object.values(ReadFrom);
-const NO_METHODS: Record<Half, WriteMethod> = { primary: 'none', mirror: 'none' };
 
-interface LocalSlice {
-  mr(h: Half): MemoryRegion;
-  offset: number;
-  staged: boolean;
-  release(): void;
-}
 
 // ---------------------------------------------------------------------------
 // argument checks (before anything reaches the verbs)
@@ -645,16 +656,13 @@ export class NpmuClient extends EventEmitter {
   }
 
   async #write(h: RegionHandle, mirror: MirrorMode, durable: boolean, parts: WritePart[]): Promise<WriteResult> {
-    const halves: Half[] = mirror === 'both' ? ['primary', 'mirror'] : [mirror];
-    for (const half of halves) this.#usableFor(h, half);
+    const plan = this.#plan(h);
+    const shape = this.#shape(plan, h, mirror, durable);
+    for (const half of shape.halves) this.#usableFor(h, half);
     // One history: a write only one half takes is acknowledged only once the other is recorded stale.
     if (mirror !== 'both') await this.#recordStale(mirror === 'primary' ? 'mirror' : 'primary', h, `a ${mirror}-only write`);
-    const plan = this.#plan(h);
-    let mask = 0;
-    for (const half of halves) mask |= 1 << plan.leg[half];
-    const methods = durable ? plan.methods : NO_METHODS;
-    const fence = durable && halves.some((x) => plan.methods[x] === 'read-after-write' || plan.methods[x] === 'unit-flush');
-    const total = parts.length === 1 ? parts[0]!.n : parts.reduce((a, p) => a + p.n, 0);
+    let total = 0;
+    for (const p of parts) total += p.n;
     this.#inflight++;
     let releases: Array<() => void> | undefined;
     let outcome: verbs.FanoutOutcome;
@@ -662,39 +670,63 @@ export class NpmuClient extends EventEmitter {
       if (parts.length === 1 && total <= plan.fan.maxInline) {
         // Small: the bytes travel inside the work request (no staging, no registration).
         const p = parts[0]!;
-        outcome = await plan.fan.write(p.view, 0, p.n, p.off, mask, fence);
+        outcome = await plan.fan.write(p.view, 0, p.n, p.off, shape.mask, shape.fence);
       } else {
         releases = [];
-        outcome = await this.#postParts(plan, parts, mask, fence, releases);
+        outcome = await this.#postParts(plan, parts, shape.mask, shape.fence, releases);
       }
     } finally {
       this.#inflight--;
       if (releases) for (const r of releases) r();
     }
-    if (outcome !== undefined) {
-      const failed: Half[] = [];
-      let first: Error | undefined;
-      for (const half of halves) {
-        const e = outcome[plan.leg[half]];
-        if (!e) continue;
-        failed.push(half);
-        first ??= e;
-        // A local refusal (no queue slot, detached memory) says nothing about the half.
-        if (!LOCAL_POST_ERRORS.has((e as NpmuError).code)) this.#halfDown(half, e);
-      }
-      if (failed.length > 0) {
-        const written = halves.filter((x) => !failed.includes(x));
-        throw unavailable(failed[0]!, `write failed: ${first!.message}`, { cause: first, written });
-      }
+    if (outcome !== undefined) this.#writeFailed(plan, shape, outcome);
+    if (shape.persist.length > 0) await Promise.all(shape.persist.map((x) => this.#persistParts(h, x, parts, shape.halves)));
+    return { bytes: total, halves: shape.halves.slice(), durable: shape.durable, durability: shape.durability, methods: { ...shape.methods } };
+  }
+
+  /** The halves a write failed on (marked down unless the refusal was local); throws ERR_NPMU_HALF_UNAVAILABLE if any. */
+  #writeFailed(plan: Plan, shape: WriteShape, outcome: Array<Error | undefined>): void {
+    const failed: Half[] = [];
+    let first: Error | undefined;
+    for (const half of shape.halves) {
+      const e = outcome[plan.leg[half]];
+      if (!e) continue;
+      failed.push(half);
+      first ??= e;
+      // A local refusal (no queue slot, detached memory) says nothing about the half.
+      if (!LOCAL_POST_ERRORS.has((e as NpmuError).code)) this.#halfDown(half, e);
     }
-    if (!durable) return { bytes: total, halves, durable: false, durability: 'none', methods: mirror === 'both' ? { primary: 'none', mirror: 'none' } : { [mirror]: 'none' } };
-    const modes = halves.map((x) => h[x].durability);
-    const durability: Durability = modes.includes('volatile') ? 'volatile' : modes.includes('msync') ? 'msync' : 'pmem';
-    const persist = halves.filter((x) => methods[x] === 'msync' || methods[x] === 'unit-flush');
-    if (persist.length > 0) await Promise.all(persist.map((x) => this.#persistParts(h, x, parts, halves)));
-    const m: Partial<Record<Half, WriteMethod>> = {};
-    for (const x of halves) m[x] = methods[x];
-    return { bytes: total, halves, durable: durability !== 'volatile', durability, methods: m };
+    if (failed.length > 0) {
+      const written = shape.halves.filter((x) => !failed.includes(x));
+      throw unavailable(failed[0]!, `write failed: ${first!.message}`, { cause: first, written });
+    }
+  }
+
+  #shape(plan: Plan, h: RegionHandle, mirror: MirrorMode, durable: boolean): WriteShape {
+    const key = durable ? mirror : `${mirror}/volatile`;
+    let shape = plan.shapes.get(key);
+    if (shape) return shape;
+    const halves: Half[] = mirror === 'both' ? ['primary', 'mirror'] : [mirror];
+    let mask = 0;
+    for (const half of halves) if (plan.leg[half] >= 0) mask |= 1 << plan.leg[half];
+    const methods: Partial<Record<Half, WriteMethod>> = {};
+    for (const x of halves) methods[x] = durable ? plan.methods[x] : 'none';
+    let durability: Durability | 'none' = 'none';
+    if (durable) {
+      const modes = halves.map((x) => h[x].durability);
+      durability = modes.includes('volatile') ? 'volatile' : modes.includes('msync') ? 'msync' : 'pmem';
+    }
+    shape = {
+      halves: Object.freeze(halves),
+      mask,
+      fence: durable && halves.some((x) => methods[x] === 'read-after-write' || methods[x] === 'unit-flush'),
+      durable: durable && durability !== 'volatile',
+      durability,
+      methods: Object.freeze(methods),
+      persist: Object.freeze(halves.filter((x) => methods[x] === 'msync' || methods[x] === 'unit-flush')),
+    };
+    plan.shapes.set(key, shape);
+    return shape;
   }
 
   /** Posts the parts as one writev per source: staged (copied into pre-registered slots) or from a cached registration of their buffer. */
@@ -753,7 +785,7 @@ export class NpmuClient extends EventEmitter {
     });
   }
 
-  async #persistParts(h: RegionHandle, x: Half, parts: WritePart[], halves: Half[]): Promise<void> {
+  async #persistParts(h: RegionHandle, x: Half, parts: WritePart[], halves: readonly Half[]): Promise<void> {
     // One persist-range over the span the parts cover.
     let lo = parts[0]!.off;
     let hi = lo + BigInt(parts[0]!.n);
@@ -765,7 +797,7 @@ export class NpmuClient extends EventEmitter {
       await this.#paths[x].ctl!.request('persist-range', { sessionId: this.sessionId, mapId: h[x].mapId, offset: Number(lo), length: Number(hi - lo) });
     } catch (e) {
       if ((e as NpmuError).code === 'ERR_NPMU_DISCONNECTED' || (e as NpmuError).code === 'ERR_NPMU_TIMEOUT') this.#halfDown(x, e as Error);
-      throw new NpmuError('ERR_NPMU_PERSIST_FAILED', `the ${x} unit did not persist the write: ${(e as Error).message}`, { half: x, cause: e, written: halves });
+      throw new NpmuError('ERR_NPMU_PERSIST_FAILED', `the ${x} unit did not persist the write: ${(e as Error).message}`, { half: x, cause: e, written: halves.slice() });
     }
   }
 
@@ -786,7 +818,7 @@ export class NpmuClient extends EventEmitter {
     );
     const methods = {} as Record<Half, WriteMethod>;
     for (const x of HALVES) methods[x] = methodFor(h[x].durability, this.#paths[x].persistDomain);
-    plan = { fan, leg, halves, staging: halves.map((x) => this.#paths[x].staging!), methods };
+    plan = { fan, leg, halves, staging: halves.map((x) => this.#paths[x].staging!), methods, shapes: new Map() };
     this.#plans.set(h, plan);
     return plan;
   }
@@ -807,14 +839,19 @@ export class NpmuClient extends EventEmitter {
     const mode = opts === undefined ? 'any' : checkEnum(checkOptions(opts, 'opts').mirror ?? ReadFrom.ANY, 'opts.mirror', READ_MODES);
     let order: readonly Half[];
     if (mode === 'any') {
-      order = HALVES.filter((x) => h[x].available && this.#paths[x].usable);
+      const p = h.primary.available && this.#paths.primary.usable;
+      const m = h.mirror.available && this.#paths.mirror.usable;
+      order = p && m ? HALVES : p ? ONLY_PRIMARY : m ? ONLY_MIRROR : [];
       if (order.length === 0) throw unavailable('both', this.#why(h));
     } else {
       this.#usableFor(h, mode);
-      order = [mode];
+      order = mode === 'primary' ? ONLY_PRIMARY : ONLY_MIRROR;
     }
     const plan = this.#plan(h);
-    const local = this.#local(view, n, order);
+    // Small reads land in a staging slot and are copied out; larger ones go straight into the caller's (cached) registration.
+    const slot = n <= this.#threshold ? this.#freeSlots.pop() : undefined;
+    const entry = slot === undefined ? this.#register(view.buffer, order) : undefined;
+    if (entry) entry.inflight++;
     this.#inflight++;
     try {
       let last: Error | undefined;
@@ -824,20 +861,28 @@ export class NpmuClient extends EventEmitter {
         // (a half the PMM lost could not have its old mappings revoked). Once per half; never on the common path.
         const peer: Half = half === 'primary' ? 'mirror' : 'primary';
         if (!(h[peer].available && this.#paths[peer].usable) && !this.#confirmed.has(half)) await this.#confirmCurrent(half);
-        const out = await plan.fan.read(local.mr(half), local.offset, n, off, plan.leg[half]);
-        const e = out?.[plan.leg[half]];
+        const leg = plan.leg[half];
+        const out =
+          slot !== undefined
+            ? await plan.fan.read(plan.staging[leg]!, slot * this.#threshold, n, off, leg)
+            : await plan.fan.read(entry!.mrs[half]!, view.byteOffset, n, off, leg);
+        const e = out?.[leg];
         if (e) {
           if (!LOCAL_POST_ERRORS.has((e as NpmuError).code)) this.#halfDown(half, e);
           last = e;
           continue; // [0091] ANY: try the other half
         }
-        if (local.staged) new Uint8Array(view.buffer, view.byteOffset, n).set(this.#stagingBuf.subarray(local.offset, local.offset + n));
+        if (slot !== undefined) {
+          const at = slot * this.#threshold;
+          this.#stagingBuf.copy(view instanceof Uint8Array ? view : new Uint8Array(view.buffer, view.byteOffset, n), 0, at, at + n);
+        }
         return { bytes: n, half, failedOver: half !== order[0] };
       }
       throw unavailable(mode === 'any' ? 'both' : mode, `read failed: ${last?.message ?? this.#why(h)}`, { cause: last });
     } finally {
       this.#inflight--;
-      local.release();
+      if (slot !== undefined) this.#freeSlots.push(slot);
+      if (entry) entry.inflight--;
     }
   }
 
@@ -877,35 +922,6 @@ export class NpmuClient extends EventEmitter {
   }
 
   // ---- local memory ------------------------------------------------------------
-
-  #local(view: ArrayBufferView, n: number, halves: readonly Half[]): LocalSlice {
-    if (n <= this.#threshold && this.#freeSlots.length > 0) {
-      const slot = this.#freeSlots.pop()!;
-      let released = false;
-      return {
-        mr: (h) => this.#paths[h].staging!,
-        offset: slot * this.#threshold,
-        staged: true,
-        release: () => {
-          if (!released) this.#freeSlots.push(slot);
-          released = true;
-        },
-      };
-    }
-    const entry = this.#register(view.buffer, halves);
-    const e = entry;
-    e.inflight++;
-    let released = false;
-    return {
-      mr: (h) => e.mrs[h]!,
-      offset: view.byteOffset,
-      staged: false,
-      release: () => {
-        if (!released) e.inflight--;
-        released = true;
-      },
-    };
-  }
 
   /** The cached registration of `ab` on each of `halves` (made, and the cache trimmed, if need be). */
   #register(ab: ArrayBufferLike, halves: readonly Half[]): CachedRegistration {

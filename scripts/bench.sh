@@ -13,6 +13,8 @@
 #
 # usage: scripts/bench.sh [--quick] [--iters N] [--warmup N] [--only PARTS] [--timeout SEC]
 #   --quick   200 iterations after 20 warm-up (a smoke run; figures are noisier)
+#   --profile instead: where one durable mirrored write / one read spends its
+#             time (bench/profile.ts: V8's sampling profiler, by stage)
 # Output: the tables on stdout; JSON lines in bench/results/verbs-<UTC time>.json
 # (and verbs-latest.json).
 set -euo pipefail
@@ -20,6 +22,13 @@ cd "$(dirname "$0")/.."
 args=(--pmem --only "${NPMU_BENCH_PARTS:-perftest,c-loop,node,c-peer,rpma,bw,npmu}")
 while (($#)); do
   case $1 in
+    --profile)
+      [[ -f build/Release/npmu_native.node ]] || npx cmake-js compile >/dev/null
+      npx tsc -p tsconfig.json
+      export NPMU_BENCH_CPU=${NPMU_BENCH_CPU-0}
+      exec scripts/rxe-vm.sh --timeout 1200 --nvdimm-persistence cpu \
+        --nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem0:256M" --nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem1:256M" \
+        -- node --expose-gc dist/bench/profile.js ;;
     --quick) export NPMU_BENCH_ITERS=${NPMU_BENCH_ITERS:-200} NPMU_BENCH_WARMUP=${NPMU_BENCH_WARMUP:-20}; shift ;;
     --only) [[ -n ${2:-} ]] || { echo "bench: --only needs parts" >&2; exit 2; }; args[2]=$2; shift 2 ;;
     -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
