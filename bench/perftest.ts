@@ -6,6 +6,7 @@
  * likewise gives the reference of the pipelined bandwidth rows (its "MB/sec"
  * is 2^20 bytes per second; the record carries both units).
  */
+import * as os from 'node:os';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 
@@ -219,8 +220,19 @@ interface Proc {
   kill(): void;
 }
 
-function start(cmd: string, args: string[]): Proc {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * With NPMU_BENCH_CPU set (the benchmark scripts pin by default), perftest's
+ * client runs on that CPU and its server on the next one: two busy-polling
+ * processes left to share one CPU take turns at the scheduler tick (4 ms).
+ */
+function start(cmd: string, args: string[], role: 'server' | 'client' = 'client'): Proc {
+  const pin = process.env.NPMU_BENCH_CPU;
+  const ncpu = os.cpus().length;
+  const cpu = pin !== undefined && /^\d+$/.test(pin) && ncpu > 1 ? (Number(pin) + (role === 'server' ? 1 : 0)) % ncpu : undefined;
+  const child =
+    cpu === undefined
+      ? spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn('taskset', ['-c', String(cpu), cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
   child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
@@ -244,7 +256,7 @@ async function runPair(run: PerftestRun): Promise<{ out: string; clientArgs: str
   const timeoutMs = run.timeoutMs ?? 120_000;
   const common = ['-d', run.dev, '-x', String(run.gidIndex), '-F', '-s', String(run.size), '-n', String(run.iters), '-p', String(run.port)];
   if (tcpListening(run.port)) throw new Error(`${run.tool}: TCP port ${run.port} is already in use`);
-  const server = start(run.tool, common);
+  const server = start(run.tool, common, 'server');
   let client: Proc | undefined;
   const timer = setTimeout(() => {
     server.kill();
