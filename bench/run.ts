@@ -16,17 +16,28 @@
  *   npmu      bench/client.ts: the same operations through NpmuClient (two units on
  *             the first two NPMU_DAX_DEVICES, a PMM, busy-poll and event mode,
  *             cpu_cache and memory_controller persistence), pipelined bandwidth
+ *   disk      bench/disk.ts: write + fdatasync of 64 B / 4 KiB from Node, appending
+ *             and overwriting a preallocated file, on ext4 made on the first of
+ *             NPMU_DISKS (scripts/rxe-vm.sh --disk; natively: NPMU_BENCH_DISK_DIR)
+ *   kv        bench/kv.ts: the KV store of examples/kv on FileWal, GroupCommitWal,
+ *             NpmuWal (the npmu log on the two devdax units, if lib/log.ts is in
+ *             this build) and SQLite WAL/FULL, 1/4/16 committers, on that disk
+ * disk and kv write an HdrHistogram log per result into OUT's name less
+ * ".json" plus "-hdr/"; bench/plot.ts draws them.
  *
  * usage: node dist/bench/run.js --out FILE [--iters N] [--warmup N]
- *          [--only perftest,c-loop,node,c-peer,rpma,bw,npmu]
+ *          [--only perftest,c-loop,node,c-peer,rpma,bw,npmu,disk,kv]
  * env: NPMU_RXE_DEV, NPMU_RXE_ADDR (required), NPMU_BENCH_ITERS, NPMU_BENCH_WARMUP,
  *      NPMU_BENCH_LAT (the C loop binary; default .cache/bench/lat),
  *      NPMU_BENCH_PEER (default .cache/bench/peer), NPMU_BENCH_RPMA (default .cache/bench/rpma),
  *      NPMU_DAX_DEVICES (space-separated devdax devices, set by scripts/rxe-vm.sh --nvdimm),
- *      NPMU_BENCH_GID_INDEX (perftest -x, default 1), NPMU_BENCH_PERFTEST_PORT (default 18515).
+ *      NPMU_BENCH_GID_INDEX (perftest -x, default 1), NPMU_BENCH_PERFTEST_PORT (default 18515),
+ *      NPMU_DISKS (virtio disks, set by scripts/rxe-vm.sh --disk: the first is
+ *      reformatted ext4 for disk and kv), NPMU_BENCH_DISK_DIR (where disk and kv
+ *      write when there is no NPMU_DISKS; default the OS temp dir).
  * Progress goes to stderr. Exit status 1 if any part failed (the others still run).
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -34,7 +45,7 @@ import * as readline from 'node:readline';
 import { runPerftest, runPerftestBw, type PerftestTool } from './perftest';
 import { parseResultLines, renderTable } from './table';
 
-const PARTS = ['perftest', 'c-loop', 'node', 'c-peer', 'rpma', 'bw', 'npmu'] as const;
+const PARTS = ['perftest', 'c-loop', 'node', 'c-peer', 'rpma', 'bw', 'npmu', 'disk', 'kv'] as const;
 type Part = (typeof PARTS)[number];
 /** What runs without --only (the original verbs benchmark). */
 const DEFAULT_PARTS: readonly Part[] = ['perftest', 'c-loop', 'node'];
@@ -90,6 +101,40 @@ function activeDevice(): string | undefined {
 }
 
 const log = (s: string): void => void process.stderr.write(`bench: ${s}\n`);
+
+/**
+ * Where the disk and kv parts write: ext4 made afresh on the first of
+ * NPMU_DISKS (the VM's virtio-blk disk, cache=none), mounted on
+ * /tmp/npmu-bench-disk; else NPMU_BENCH_DISK_DIR or the OS temp dir.
+ */
+function benchDisk(): { dir: string; fs: string; unmount?: () => void } {
+  const disk = (process.env.NPMU_DISKS ?? '').split(/\s+/).filter(Boolean)[0];
+  if (!disk) {
+    const dir = process.env.NPMU_BENCH_DISK_DIR || path.join(os.tmpdir(), 'npmu-bench-disk');
+    fs.mkdirSync(dir, { recursive: true });
+    return { dir, fs: `${dir} (no NPMU_DISKS: not the VM's disk)` };
+  }
+  const mnt = '/tmp/npmu-bench-disk';
+  fs.mkdirSync(mnt, { recursive: true });
+  try {
+    execFileSync('modprobe', ['ext4'], { stdio: 'ignore' });
+  } catch {
+    /* built in */
+  }
+  execFileSync('mkfs.ext4', ['-q', '-F', disk], { stdio: ['ignore', 'ignore', 'inherit'] });
+  execFileSync('mount', ['-t', 'ext4', disk, mnt], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return {
+    dir: mnt,
+    fs: `ext4 on ${disk} (virtio-blk, cache=none)`,
+    unmount: () => {
+      try {
+        execFileSync('umount', [mnt], { stdio: 'ignore' });
+      } catch {
+        /* best effort */
+      }
+    },
+  };
+}
 const secs = (t0: number): number => Math.round((Date.now() - t0) / 100) / 10;
 
 /** Run a command whose stdout is JSON lines; append each to `out`. stderr passes through. */
@@ -109,7 +154,9 @@ function runJsonLines(cmd: string, args: string[], out: string, env?: NodeJS.Pro
       fs.appendFileSync(out, t + '\n');
       const r = JSON.parse(t) as { impl?: string; op?: string; size?: number; p50_us?: number; p99_us?: number; depth?: number; MBps?: number };
       const bw = r.MBps === undefined ? '' : ` depth ${r.depth}: ${r.MBps} MB/s,`;
-      log(`  ${r.impl} ${r.op} ${r.size} B:${bw} p50 ${r.p50_us} us, p99 ${r.p99_us} us`);
+      const k = r as { committers?: number; commits_per_s?: number };
+      const what = k.committers === undefined ? `${r.size} B:` : `x${k.committers}: ${k.commits_per_s} commits/s,`;
+      log(`  ${r.impl} ${r.op} ${what}${bw} p50 ${r.p50_us} us, p99 ${r.p99_us} us`);
     });
     child.on('error', (e) => {
       log(`${cmd}: ${String(e)}`);
@@ -124,10 +171,11 @@ function runJsonLines(cmd: string, args: string[], out: string, env?: NodeJS.Pro
 
 async function main(): Promise<number> {
   const o = parseArgs(process.argv.slice(2));
-  const dev = process.env.NPMU_RXE_DEV || activeDevice();
-  const addr = process.env.NPMU_RXE_ADDR;
-  if (!dev) throw new Error('no ACTIVE RDMA device here (scripts/bench-verbs.sh boots the rxe micro-VM)');
-  if (!addr) throw new Error('NPMU_RXE_ADDR (the IPv4 address of the RDMA device) is not set');
+  const dev = (process.env.NPMU_RXE_DEV || activeDevice()) as string; // checked below when a part needs it
+  const addr = process.env.NPMU_RXE_ADDR as string;
+  const rdmaParts = o.only.filter((p) => p !== 'disk' && p !== 'kv');
+  if (rdmaParts.length && !dev) throw new Error('no ACTIVE RDMA device here (scripts/bench-verbs.sh boots the rxe micro-VM)');
+  if (rdmaParts.length && !addr) throw new Error('NPMU_RXE_ADDR (the IPv4 address of the RDMA device) is not set');
   const root = path.resolve(__dirname, '..', '..');
   const lat = process.env.NPMU_BENCH_LAT || path.join(root, '.cache', 'bench', 'lat');
   const peer = process.env.NPMU_BENCH_PEER || path.join(root, '.cache', 'bench', 'peer');
@@ -277,6 +325,60 @@ async function main(): Promise<number> {
       log(`  npmu FAILED (exit ${code})`);
     }
     seconds.npmu = secs(t0);
+  }
+
+  if (o.only.includes('disk') || o.only.includes('kv')) {
+    const hdrDir = o.out.replace(/\.json$/, '') + '-hdr';
+    let where: { dir: string; fs: string; unmount?: () => void };
+    try {
+      where = benchDisk();
+    } catch (e) {
+      failed++;
+      log(`disk set-up FAILED: ${e instanceof Error ? e.message : String(e)}`);
+      where = { dir: '', fs: '' };
+    }
+    if (where.dir && o.only.includes('disk')) {
+      const t0 = Date.now();
+      log(`disk (write + fdatasync on ${where.fs}: ${o.warmup} warm-up + ${o.iters} iterations each)`);
+      const code = await runJsonLines(
+        process.execPath,
+        [path.join(__dirname, 'disk.js'), '--dir', path.join(where.dir, 'disk'), '--iters', String(o.iters), '--warmup', String(o.warmup), '--hdr-dir', hdrDir, '--fs', where.fs],
+        o.out,
+      );
+      if (code !== 0) {
+        failed++;
+        log(`  disk FAILED (exit ${code})`);
+      }
+      seconds.disk = secs(t0);
+    }
+    if (where.dir && o.only.includes('kv')) {
+      const t0 = Date.now();
+      const commits = Math.max(16, o.iters);
+      log(`kv (KV store commits on ${where.fs}: file, group, npmu, sqlite x 1/4/16 committers; ${Math.min(o.warmup, 50)} warm-up + ${commits} commits each)`);
+      const code = await runJsonLines(
+        process.execPath,
+        [
+          path.join(__dirname, 'kv.js'),
+          '--dir',
+          path.join(where.dir, 'kv'),
+          '--commits',
+          String(commits),
+          '--warmup',
+          String(Math.min(o.warmup, 50)),
+          '--hdr-dir',
+          hdrDir,
+          '--fs',
+          where.fs,
+        ],
+        o.out,
+      );
+      if (code !== 0) {
+        failed++;
+        log(`  kv FAILED (exit ${code})`);
+      }
+      seconds.kv = secs(t0);
+    }
+    where.unmount?.();
   }
 
   seconds.total = secs(tAll);

@@ -8,11 +8,14 @@
 # rpma (bench/c/rpma.c, librpma), bw (ib_write_bw); see bench/run.ts.
 #
 # usage: scripts/bench-verbs.sh [--iters N] [--warmup N]
-#                               [--only perftest,c-loop,node,c-peer,rpma,bw]
-#                               [--vm | --native] [--timeout SEC] [--pmem]
+#                               [--only perftest,c-loop,node,c-peer,rpma,bw,npmu,disk,kv]
+#                               [--vm | --native] [--timeout SEC] [--pmem] [--disk]
 #   --pmem  (VM) boot with two emulated NVDIMMs on an eADR platform
 #           (--nvdimm-persistence cpu), backed by ${TMPDIR:-/tmp}/npmu-bench-pmem0/1
 #           (256 MiB each, sparse): c-peer and rpma then target devdax
+#   --disk  (VM) boot with a virtio-blk disk (cache=none) backed by
+#           ${TMPDIR:-/tmp}/npmu-bench-disk.img (512 MiB, sparse): the disk and kv
+#           parts make ext4 on it (natively they use NPMU_BENCH_DISK_DIR)
 # env: NPMU_BENCH_ITERS / NPMU_BENCH_WARMUP (defaults 2000 / 100), NPMU_RXE_ADDR
 #      (native runs: the device's IPv4 address, if it cannot be found),
 #      NPMU_BENCH_NO_ADDON_BUILD=1 (use build/Release/npmu_native.node as it is),
@@ -26,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "bench-verbs: $*" >&2; exit 2; }
 
 where=auto timeout=${NPMU_BENCH_TIMEOUT:-1200} run_args=() vm_args=()
@@ -39,6 +42,7 @@ while (($#)); do
     --pmem)
       for i in 0 1; do vm_args+=(--nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem$i:256M"); done
       vm_args+=(--nvdimm-persistence cpu); shift ;;
+    --disk) vm_args+=(--disk "${TMPDIR:-/tmp}/npmu-bench-disk.img:512M"); shift ;;
     --timeout) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--timeout needs seconds"; timeout=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument $1" ;;

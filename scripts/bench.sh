@@ -9,17 +9,24 @@
 #   rpma       librpma write + flush, write, read (bench/c/rpma.c)
 #   npmu       NpmuClient: durable mirrored writes (eADR and ADR), reads, batches,
 #              pipelined bandwidth (bench/client.ts)
-# then the tables and the data-path targets as ratios in that boot.
+#   disk       write + fdatasync from Node (64 B, 4 KiB; appending, overwriting a
+#              preallocated file) on ext4 on the VM's virtio-blk disk (bench/disk.ts)
+#   kv         the KV store of examples/kv on a file WAL, a group-commit WAL, the
+#              npmu log (when lib/log.ts is built) and SQLite WAL/FULL, 1/4/16
+#              committers (bench/kv.ts)
+# then the tables and the data-path targets as ratios in that boot; then, on
+# the host, the disk/KV table and SVG plots (bench/plot.ts).
 #
 # usage: scripts/bench.sh [--quick] [--iters N] [--warmup N] [--only PARTS] [--timeout SEC]
 #   --quick   200 iterations after 20 warm-up (a smoke run; figures are noisier)
 #   --profile instead: where one durable mirrored write / one read spends its
 #             time (bench/profile.ts: V8's sampling profiler, by stage)
 # Output: the tables on stdout; JSON lines in bench/results/verbs-<UTC time>.json
-# (and verbs-latest.json).
+# (and verbs-latest.json), HdrHistogram logs in verbs-<UTC time>-hdr/, and
+# bench/results/{kv-commits,kv-latency-cdf,disk-latency-cdf}.svg + results-latest.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-args=(--pmem --only "${NPMU_BENCH_PARTS:-perftest,c-loop,node,c-peer,rpma,bw,npmu}")
+args=(--pmem --disk --only "${NPMU_BENCH_PARTS:-perftest,c-loop,node,c-peer,rpma,bw,npmu,disk,kv}")
 while (($#)); do
   case $1 in
     --profile)
@@ -30,10 +37,17 @@ while (($#)); do
         --nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem0:256M" --nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem1:256M" \
         -- node --expose-gc dist/bench/profile.js ;;
     --quick) export NPMU_BENCH_ITERS=${NPMU_BENCH_ITERS:-200} NPMU_BENCH_WARMUP=${NPMU_BENCH_WARMUP:-20}; shift ;;
-    --only) [[ -n ${2:-} ]] || { echo "bench: --only needs parts" >&2; exit 2; }; args[2]=$2; shift 2 ;;
-    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --only) [[ -n ${2:-} ]] || { echo "bench: --only needs parts" >&2; exit 2; }; args[3]=$2; shift 2 ;;
+    -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$1"); shift ;;
   esac
 done
 export NPMU_BENCH_ITERS=${NPMU_BENCH_ITERS:-1000}
-exec scripts/bench-verbs.sh "${args[@]}"
+status=0
+scripts/bench-verbs.sh "${args[@]}" || status=$?
+# The disk/KV table and the plots, on the host (vega under TCG would be slow).
+if [[ ${args[3]} == *disk* || ${args[3]} == *kv* ]] && [[ -s bench/results/verbs-latest.json ]]; then
+  echo "== plots" >&2
+  node dist/bench/plot.js bench/results/verbs-latest.json --out-dir bench/results || { ((status)) || status=1; }
+fi
+exit "$status"

@@ -1,0 +1,287 @@
+/**
+ * The database commit experiment (issue 9): the KV store of examples/kv with
+ * single-row update transactions from 1, 4 and 16 concurrent committers, on
+ *   kv-file     FileWal: write + fdatasync per commit, commits in turn
+ *   kv-group    GroupCommitWal: the same files, group commit
+ *   kv-npmu     NpmuWal: the npmu log (lib/log.ts) on two devdax units over
+ *               rxe (needs NPMU_DAX_DEVICES and NPMU_RXE_ADDR; skipped, with a
+ *               note, when this build has no lib/log.ts)
+ * and beside it
+ *   kv-sqlite   SQLite (better-sqlite3) in WAL mode with synchronous=FULL,
+ *               one connection, an upsert per transaction
+ * The file WALs and SQLite live in --dir (the bench mounts ext4 on the VM's
+ * virtio-blk disk there, cache=none).
+ *
+ * A committer loops: t0, commit one row (a key among 1000, a 100-byte value),
+ * t1 once it is durable. N committers run at once in this process (closed
+ * loop: N commits outstanding). better-sqlite3 is synchronous, so its
+ * committers take turns on the event loop: a committer's t0 is taken before it
+ * waits for its turn, so its latency includes the commits ahead of it, as a
+ * queued commit's does on the other WALs.
+ *
+ * After each file/npmu run the store is closed and recovered from its WAL, and
+ * the result must equal the live store ("recovered": true).
+ *
+ * One JSON line per (impl, committers):
+ *   {"impl":"kv-group","op":"commit","committers":4,"commits_per_s":..,"p50_us":..,"p99_us":..,"p999_us":..,...}
+ * and an HdrHistogram log of each in --hdr-dir.
+ *
+ * usage: node dist/bench/kv.js --dir DIR [--commits N] [--warmup N] [--committers 1,4,16]
+ *          [--impls file,group,npmu,sqlite] [--hdr-dir DIR] [--fs TEXT]
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { KvStore } from '../examples/kv/store';
+import { FileWal, GroupCommitWal, NpmuWal, loadNpmuLog, type Wal } from '../examples/kv/wal';
+import { newHistogram, summary, writeHlog } from './hist';
+
+const log = (s: string): void => void process.stderr.write(`bench/kv: ${s}\n`);
+const IMPLS = ['file', 'group', 'npmu', 'sqlite'] as const;
+type Impl = (typeof IMPLS)[number];
+const KEYS = 1000;
+const VALUE = 100;
+
+interface Options {
+  dir: string;
+  commits: number;
+  warmup: number;
+  committers: number[];
+  impls: Impl[];
+  hdrDir: string | undefined;
+  fs: string;
+}
+
+function parseArgs(argv: string[]): Options {
+  const get = (k: string): string | undefined => (argv.includes(k) ? argv[argv.indexOf(k) + 1] : undefined);
+  const dir = get('--dir');
+  if (!dir) throw new Error('--dir DIR is required');
+  const int = (v: string | undefined, d: number, min: number): number => {
+    if (v === undefined || v === '') return d;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new RangeError(`bad count '${v}'`);
+    return n;
+  };
+  const impls = (get('--impls') ?? IMPLS.join(',')).split(',').map((i) => {
+    if (!(IMPLS as readonly string[]).includes(i)) throw new RangeError(`bad impl '${i}' (${IMPLS.join(', ')})`);
+    return i as Impl;
+  });
+  return {
+    dir,
+    commits: int(get('--commits') ?? process.env.NPMU_BENCH_ITERS, 1000, 16),
+    warmup: int(get('--warmup') ?? process.env.NPMU_BENCH_WARMUP, 50, 0),
+    committers: (get('--committers') ?? '1,4,16').split(',').map((c) => int(c, 1, 1)),
+    impls,
+    hdrDir: get('--hdr-dir'),
+    fs: get('--fs') ?? 'local file system',
+  };
+}
+
+/** A stream of (key, value) pairs, the same for every impl. */
+function workload(): () => { key: string; value: Buffer } {
+  const pool = randomBytes(VALUE * 64);
+  let x = 0x2545f491;
+  return () => {
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+    const k = x % KEYS;
+    const v = (x >>> 10) % 64;
+    return { key: `key-${String(k).padStart(6, '0')}`, value: pool.subarray(v * VALUE, v * VALUE + VALUE) };
+  };
+}
+
+interface RunResult {
+  commits_per_s: number;
+  h: ReturnType<typeof newHistogram>;
+  t0ms: number;
+  t1ms: number;
+}
+
+/** `n` committers, `total` commits after `warmup`, each `commit()` timed. */
+async function drive(n: number, total: number, warmup: number, commit: () => Promise<unknown>, before?: () => Promise<void>): Promise<RunResult> {
+  let left = warmup;
+  await Promise.all(
+    Array.from({ length: n }, async () => {
+      while (left > 0) {
+        left--;
+        if (before) await before();
+        await commit();
+      }
+    }),
+  );
+  const h = newHistogram();
+  left = total;
+  const t0ms = Date.now();
+  const t0 = process.hrtime.bigint();
+  await Promise.all(
+    Array.from({ length: n }, async () => {
+      while (left > 0) {
+        left--;
+        const a = process.hrtime.bigint();
+        if (before) await before();
+        await commit();
+        h.recordValue(Number(process.hrtime.bigint() - a));
+      }
+    }),
+  );
+  const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+  return { commits_per_s: Math.round(total / secs), h, t0ms, t1ms: Date.now() };
+}
+
+const same = (a: KvStore, b: KvStore): boolean => {
+  const x = a.entries();
+  const y = b.entries();
+  return x.length === y.length && x.every(([k, v], i) => y[i]![0] === k && y[i]![1].equals(v));
+};
+
+/** The KV store on one WAL kind, for each committer count. */
+async function runWal(o: Options, impl: string, openWal: (run: string) => Promise<Wal>, emit: (r: object) => void, extra: object = {}): Promise<void> {
+  for (const n of o.committers) {
+    log(`${impl}: ${n} committer(s), ${o.warmup} warm-up + ${o.commits} commits`);
+    const run = `${impl}-${n}`;
+    const store = await KvStore.open(await openWal(run));
+    const next = workload();
+    const r = await drive(n, o.commits, o.warmup, () => {
+      const { key, value } = next();
+      return store.put(key, value);
+    });
+    await store.close();
+    let recovered = false;
+    try {
+      const again = await KvStore.open(await openWal(run));
+      recovered = same(store, again) && again.lastLsn === store.lastLsn;
+      await again.close();
+    } catch (e) {
+      log(`${impl}: recovery FAILED: ${e instanceof Error ? e.message : String(e)}`);
+    }
+    if (!recovered) process.exitCode = 1;
+    emitResult(o, impl, n, r, emit, { recovered, ...extra });
+  }
+}
+
+function emitResult(o: Options, impl: string, n: number, r: RunResult, emit: (x: object) => void, extra: object): void {
+  const tag = `${impl}-commit-${n}`;
+  const hlog = o.hdrDir ? path.relative(process.cwd(), writeHlog(o.hdrDir, tag, r.h, r.t0ms, r.t1ms)) : undefined;
+  const s = summary(r.h);
+  emit({ impl, op: 'commit', committers: n, commits_per_s: r.commits_per_s, ...s, value_bytes: VALUE, keys: KEYS, fs: o.fs, ...extra, ...(hlog ? { hlog } : {}) });
+  log(`  ${impl} x${n}: ${r.commits_per_s} commits/s, p50 ${s.p50_us} us, p99 ${s.p99_us} us, p99.9 ${s.p999_us} us`);
+}
+
+async function runSqlite(o: Options, emit: (r: object) => void): Promise<void> {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const Database = require('better-sqlite3') as SqliteCtor;
+  for (const n of o.committers) {
+    log(`kv-sqlite: ${n} committer(s), ${o.warmup} warm-up + ${o.commits} commits`);
+    const dir = path.join(o.dir, `kv-sqlite-${n}`);
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.mkdirSync(dir, { recursive: true });
+    const db = new Database(path.join(dir, 'kv.db'));
+    const mode = db.pragma('journal_mode = WAL', { simple: true });
+    db.pragma('synchronous = FULL');
+    const sync = db.pragma('synchronous', { simple: true });
+    db.exec('CREATE TABLE kv (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID');
+    const upsert = db.prepare('INSERT INTO kv (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v');
+    const next = workload();
+    const r = await drive(
+      n,
+      o.commits,
+      o.warmup,
+      async () => {
+        const { key, value } = next();
+        upsert.run(key, value); // autocommit: one transaction, durable (WAL fsync) when it returns
+      },
+      () => new Promise<void>((res) => setImmediate(res)), // wait for this committer's turn
+    );
+    const rows = (db.prepare('SELECT count(*) AS c FROM kv').get() as { c: number }).c;
+    db.close();
+    emitResult(o, 'kv-sqlite', n, r, emit, { journal_mode: mode, synchronous: sync === 2 ? 'FULL' : sync, rows, sqlite: sqliteVersion(Database) });
+  }
+}
+
+/** The slice of better-sqlite3's API used here (it ships no types; @types/better-sqlite3 not needed for this). */
+interface SqliteDb {
+  pragma(src: string, opts?: { simple?: boolean }): unknown;
+  exec(sql: string): void;
+  prepare(sql: string): { run(...a: unknown[]): unknown; get(...a: unknown[]): unknown };
+  close(): void;
+}
+type SqliteCtor = new (file: string) => SqliteDb;
+
+function sqliteVersion(Database: SqliteCtor): string {
+  const d = new Database(':memory:');
+  const v = (d.prepare('SELECT sqlite_version() AS v').get() as { v: string }).v;
+  d.close();
+  return v;
+}
+
+/** Two devdax units, a PMM and a client in this process (as bench/client.ts), then the KV store on the npmu log. */
+async function runNpmu(o: Options, emit: (r: object) => void): Promise<void> {
+  const NpmuLog = loadNpmuLog();
+  if (!NpmuLog) {
+    log('kv-npmu: SKIPPED: this build has no lib/log.ts (the npmu log)');
+    return;
+  }
+  const dax = (process.env.NPMU_DAX_DEVICES ?? '').split(/\s+/).filter(Boolean).slice(0, 2);
+  const host = process.env.NPMU_RXE_ADDR;
+  if (dax.length < 2 || !host) {
+    log('kv-npmu: SKIPPED: needs two devdax devices (NPMU_DAX_DEVICES) and NPMU_RXE_ADDR (run it through scripts/bench.sh)');
+    process.exitCode = 1;
+    return;
+  }
+  const { ControlConnection } = await import('../lib/protocol');
+  const { NpmuClient } = await import('../lib/client');
+  const { ClientRegistry, clientLine, parseClients } = await import('../pmm/credentials');
+  const { PmmServer } = await import('../pmm/server');
+  const { UnitDevice } = await import('../unit/device');
+  const { UnitServer } = await import('../unit/server');
+  const key = randomBytes(32);
+  const clients = new ClientRegistry({ entries: parseClients(clientLine('bench', 'bench-secret', { logN: 4 })) });
+  const units: Array<Awaited<ReturnType<typeof UnitServer.start>>> = [];
+  for (const d of dax) {
+    const device = UnitDevice.open(d, { format: { label: 'bench-kv' }, force: true });
+    units.push(await UnitServer.start({ device, key, host, persistDomain: 'cpu_cache' }));
+  }
+  const addr = (u: Awaited<ReturnType<typeof UnitServer.start>>) => ({ host, controlPort: u.controlPort, rdmaPort: u.rdmaPort });
+  const pmm = await PmmServer.start({ key, clients, host, port: 0, units: units.map(addr) });
+  const busyPoll = process.env.NPMU_BENCH_KV_MODE !== 'event';
+  try {
+    const ctl = await ControlConnection.connect({ host, port: pmm.port });
+    await ctl.request('create-volume', { volume: 'bench', primary: addr(units[0]!), mirror: addr(units[1]!), force: true }, { timeoutMs: 120_000 });
+    ctl.close();
+    const client = await NpmuClient.attach({ pmm: { host, port: pmm.port }, client: 'bench', secret: 'bench-secret', volume: 'bench', busyPoll });
+    try {
+      await runWal(o, 'kv-npmu', (run) => NpmuWal.open(client, run, { size: 16 << 20 }), emit, { domain: 'cpu_cache', mode: busyPoll ? 'busy' : 'event' });
+    } finally {
+      await client.close();
+    }
+  } finally {
+    await pmm.close();
+    for (const u of units) await u.close();
+  }
+}
+
+async function main(): Promise<void> {
+  const o = parseArgs(process.argv.slice(2));
+  fs.mkdirSync(o.dir, { recursive: true });
+  const emit = (r: object): void => void process.stdout.write(JSON.stringify(r) + '\n');
+  const fresh = (run: string): string => {
+    const d = path.join(o.dir, run);
+    return d;
+  };
+  const t0 = Date.now();
+  for (const impl of o.impls) {
+    if (impl === 'file' || impl === 'group') {
+      const Kind = impl === 'file' ? FileWal : GroupCommitWal;
+      const name = `kv-${impl}`;
+      for (const n of o.committers) fs.rmSync(fresh(`${name}-${n}`), { recursive: true, force: true });
+      await runWal(o, name, (run) => Kind.open(fresh(run)), emit);
+      for (const n of o.committers) fs.rmSync(fresh(`${name}-${n}`), { recursive: true, force: true });
+    } else if (impl === 'sqlite') await runSqlite(o, emit);
+    else await runNpmu(o, emit);
+  }
+  log(`done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+}
+
+main().catch((e: unknown) => {
+  log(e instanceof Error ? (e.stack ?? e.message) : String(e));
+  process.exitCode = 1;
+});
