@@ -38,7 +38,7 @@ while (($#)); do
         -- node --expose-gc dist/bench/profile.js ;;
     --quick) export NPMU_BENCH_ITERS=${NPMU_BENCH_ITERS:-200} NPMU_BENCH_WARMUP=${NPMU_BENCH_WARMUP:-20}; shift ;;
     --only) [[ -n ${2:-} ]] || { echo "bench: --only needs parts" >&2; exit 2; }; args[3]=$2; shift 2 ;;
-    -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$1"); shift ;;
   esac
 done
