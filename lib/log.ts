@@ -259,21 +259,38 @@ export class NpmuLog {
     }
     const { reader, done } = this.#reader();
     try {
-      const it = scan(reader, this.dataSize, this.logId, lsn, off, { chunk: READ_CHUNK, stopLsn: stop });
       for (;;) {
-        const r = await it.next();
-        if (r.done) {
-          if (stop !== undefined && r.value.nextLsn < stop && r.value.nextLsn >= this.#first) {
-            throw new NpmuError('ERR_NPMU_LOG_CORRUPT', `record ${r.value.nextLsn} of the log fails its check (it was acknowledged and not truncated)`);
-          }
-          if (!this.writer) {
-            this.#next = r.value.nextLsn;
-            this.#tail = r.value.tail;
-          }
-          return;
+        const it = scan(reader, this.dataSize, this.logId, lsn, off, { chunk: READ_CHUNK, stopLsn: stop });
+        let r = await it.next();
+        for (; !r.done; r = await it.next()) {
+          if (fromLsn !== undefined && r.value.lsn < fromLsn) continue;
+          yield { lsn: r.value.lsn, data: r.value.data };
         }
-        if (fromLsn !== undefined && r.value.lsn < fromLsn) continue;
-        yield { lsn: r.value.lsn, data: r.value.data };
+        const end = r.value;
+        // Truncated (and the space reused) while we read: go on from the new first record.
+        let first: bigint;
+        let firstOff: number;
+        if (this.writer) {
+          first = this.#first;
+          firstOff = first < this.#next ? this.#offsetOf(first) : this.#tail;
+        } else {
+          const t = await this.#readTruncation();
+          first = this.#first = t.firstLsn;
+          firstOff = this.#head = t.firstOff;
+        }
+        if (end.nextLsn < first && (stop === undefined || first < stop)) {
+          lsn = first;
+          off = firstOff;
+          continue;
+        }
+        if (stop !== undefined && end.nextLsn < stop && end.nextLsn >= first) {
+          throw new NpmuError('ERR_NPMU_LOG_CORRUPT', `record ${end.nextLsn} of the log fails its check (it was acknowledged and not truncated)`);
+        }
+        if (!this.writer && end.nextLsn >= first) {
+          this.#next = end.nextLsn;
+          this.#tail = end.tail;
+        }
+        return;
       }
     } finally {
       done();
@@ -617,9 +634,11 @@ export class NpmuLog {
   /** Before a write: the lease must be valid for the next leaseMs/2 measured from a renewal's post; renews if not. */
   async #ensureLease(): Promise<void> {
     if (this.#leaseLost) throw this.#leaseLost;
-    if (performance.now() < this.#validUntil) return;
-    await this.#renew();
-    if (this.#leaseLost) throw this.#leaseLost;
+    // A renewal already in flight may have been posted too long ago to count: renew again (a few times on a slow host).
+    for (let i = 0; i < 5 && performance.now() >= this.#validUntil; i++) {
+      await this.#renew();
+      if (this.#leaseLost) throw this.#leaseLost;
+    }
     if (performance.now() >= this.#validUntil) throw new NpmuError('ERR_NPMU_LOG_BUSY', `log ${this.handle.name}: the writer lease could not be renewed in time`);
   }
 

@@ -72,7 +72,7 @@ async function burst(seed: number, shadow: boolean): Promise<void> {
   let n = 0;
   for (;;) {
     const k = 1 + Math.floor(random() * 16);
-    const wave = Array.from({ length: k }, () => ({ n: ++n, len: Math.floor(random() * 2000) }));
+    const wave = Array.from({ length: k }, () => ({ n: ++n, len: 16 + Math.floor(random() * 2000) })); // ≥ 16: room for "n|len|"
     await Promise.all(
       wave.map(async (w) => {
         console.log(`BEGIN ${w.n} ${w.len}`);
