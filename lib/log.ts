@@ -260,7 +260,9 @@ export class NpmuLog {
     const { reader, done } = this.#reader();
     try {
       for (;;) {
-        const it = scan(reader, this.dataSize, this.logId, lsn, off, { chunk: READ_CHUNK, stopLsn: stop });
+        // A writer knows where the records end: read no more than that (small reads go through staging memory).
+        const span = this.writer ? (this.#tail - off + this.dataSize) % this.dataSize || this.dataSize : READ_CHUNK;
+        const it = scan(reader, this.dataSize, this.logId, lsn, off, { chunk: Math.min(READ_CHUNK, Math.max(4096, span)), stopLsn: stop });
         let r = await it.next();
         for (; !r.done; r = await it.next()) {
           if (fromLsn !== undefined && r.value.lsn < fromLsn) continue;
@@ -634,8 +636,10 @@ export class NpmuLog {
   /** Before a write: the lease must be valid for the next leaseMs/2 measured from a renewal's post; renews if not. */
   async #ensureLease(): Promise<void> {
     if (this.#leaseLost) throw this.#leaseLost;
-    // A renewal already in flight may have been posted too long ago to count: renew again (a few times on a slow host).
-    for (let i = 0; i < 5 && performance.now() >= this.#validUntil; i++) {
+    // A renewal already in flight may have been posted too long ago to count: renew again, for up to two
+    // lease lengths on a slow host (each write still needs a renewal posted less than leaseMs/2 before it).
+    const give = performance.now() + 2 * this.leaseMs;
+    while (performance.now() >= this.#validUntil && performance.now() < give) {
       await this.#renew();
       if (this.#leaseLost) throw this.#leaseLost;
     }

@@ -57,7 +57,7 @@ async function burst(seed: number, shadow: boolean): Promise<void> {
   await sys.createVolume(pmm, u, 'lg');
   const c = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'pc', secret: SECRET, volume: 'lg' });
   await NpmuLog.create(c, 'wal', { size: 256 * 1024 });
-  const log = await NpmuLog.open(c, 'wal', { leaseMs: 2000 });
+  const log = await NpmuLog.open(c, 'wal', { leaseMs: 10_000 });
   const dst = await Destager.open(log, FILE, { maxBytes: 8 * 1024 + Math.floor(random() * 56 * 1024) });
   let destaged = 0;
   const tick = setInterval(() => {
@@ -108,7 +108,7 @@ async function check(logFile: string): Promise<void> {
   const u = await sys.units(false);
   const pmm = await sys.pmmOn(u);
   const c = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'pc', secret: SECRET, volume: 'lg' });
-  const log = await NpmuLog.open(c, 'wal', { leaseMs: 2000 });
+  const log = await NpmuLog.open(c, 'wal', { leaseMs: 10_000 });
   const dst = await Destager.open(log, FILE);
   console.log(`recovered: file up to ${dst.fileNextLsn ?? 'nothing'}, log ${log.firstLsn}..${log.nextLsn - 1n}`);
   const seen = new Set<number>();
