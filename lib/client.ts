@@ -921,6 +921,43 @@ export class NpmuClient extends EventEmitter {
     if (!this.#paths[half].usable) throw unavailable(half, this.#paths[half].lastError?.message ?? 'not connected');
   }
 
+  /** Serializes compareSwapRegion: every CAS result lands in bytes [8, 16) of the half's scratch registration. */
+  #atomicTail: Promise<unknown> = Promise.resolve();
+
+  /**
+   * An 8-byte RDMA ATOMIC COMPARE_AND_SWAP on ONE half (`opts.mirror`,
+   * default PRIMARY): if the word at `pointer` (8-byte aligned, within the
+   * region) equals `compare` it becomes `swap`. Resolves with the word's
+   * value before (== `compare` iff it swapped). The unit's RNIC executes it
+   * atomically against every other atomic on that word; it is not made
+   * durable (a power cut may leave the old value) and it does not touch the
+   * other half. Used by lib/log.ts for its writer lease.
+   */
+  async compareSwapRegion(handle: RegionHandle, pointer: bigint | number, compare: bigint, swap: bigint, opts?: { mirror?: Half }): Promise<bigint> {
+    const h = this.#checkHandle(handle);
+    const off = this.#checkRange(h, pointer, 8, 'pointer');
+    if (off % 8n !== 0n) throw argValueError('pointer', 'must be 8-byte aligned (an atomic target)', pointer);
+    const cmp = checkU64(compare, 'compare');
+    const swp = checkU64(swap, 'swap');
+    const half = opts?.mirror === undefined ? 'primary' : checkEnum(opts.mirror, 'opts.mirror', HALVES);
+    this.#usableFor(h, half);
+    const p = this.#paths[half];
+    const run = async (): Promise<bigint> => {
+      this.#inflight++;
+      try {
+        return await p.ep!.compareSwap(p.scratch!, 8, h[half].baseNva + off, h[half].rkey, cmp, swp);
+      } catch (e) {
+        if (!LOCAL_POST_ERRORS.has((e as NpmuError).code)) this.#halfDown(half, e as Error);
+        throw unavailable(half, `compare-and-swap failed: ${(e as Error).message}`, { cause: e });
+      } finally {
+        this.#inflight--;
+      }
+    };
+    const r = this.#atomicTail.then(run, run);
+    this.#atomicTail = r.catch(() => undefined);
+    return r;
+  }
+
   // ---- local memory ------------------------------------------------------------
 
   /** The cached registration of `ab` on each of `halves` (made, and the cache trimmed, if need be). */

@@ -9,6 +9,13 @@
  *   status name (`IBV_WC_REM_ACCESS_ERR`, `IBV_WC_WR_FLUSH_ERR`, …) or an
  *   `ERR_NPMU_*` code; `errno` is set where there is one; `syscall` names the
  *   verb (`ibv_reg_mr_iova2`, `rdma_connect`, `mmap`, …).
+ * - The log (lib/log.ts, docs/log.md) adds: `ERR_NPMU_NOT_A_LOG` (the region
+ *   holds no log), `ERR_NPMU_LOG_CORRUPT` (a log header or an acknowledged
+ *   record fails its check), `ERR_NPMU_LOG_FULL` (an append does not fit
+ *   until records are truncated), `ERR_NPMU_LOG_BUSY` (another writer holds
+ *   the lease, or took it), `ERR_NPMU_LOG_READ_ONLY` (opened with writer:
+ *   false), `ERR_NPMU_LOG_CLOSED`; the destager (lib/destage.ts)
+ *   `ERR_NPMU_LOG_GAP` (records between the file and the log are missing).
  * - Bad arguments are `TypeError` / `RangeError` with Node's codes
  *   (`ERR_INVALID_ARG_TYPE`, `ERR_INVALID_ARG_VALUE`, `ERR_OUT_OF_RANGE`),
  *   raised before anything reaches the verbs.

@@ -5,7 +5,8 @@
 # of creates, durable writes, deletes and PMM takeovers, then a boot that
 # checks every acknowledged operation. Two boots per round, ~1-3 min a round
 # under TCG. The suite runs 2 rounds; default here 25. SEED replays a run
-# (it is printed at the start).
+# (it is printed at the start). NPMU_CAMPAIGN=log runs the log's power-cut
+# test (test/powercut/log-run.ts: appends + destaging) instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-25}
@@ -15,4 +16,6 @@ npx tsc -p tsconfig.json
 export NPMU_POWERCUT_ROUNDS=$rounds
 [[ -n ${2:-} ]] && export NPMU_POWERCUT_SEED=$2
 export TAP_TIMEOUT=0
-exec npx tap --reporter=tap --timeout=0 dist/test/powercut/pmm-run.js
+test=${NPMU_CAMPAIGN:-pmm}
+[[ $test == pmm || $test == log ]] || { echo "NPMU_CAMPAIGN must be pmm or log" >&2; exit 2; }
+exec npx tap --reporter=tap --timeout=0 "dist/test/powercut/$test-run.js"

@@ -95,6 +95,11 @@ node dist/test/powercut/pmm-run.js >"$log/pmm-powercut.tap" 2>&1 || status=1
 show "$log/pmm-powercut.tap"
 count "$log/pmm-powercut.tap"
 
+echo "== log power-cut test (NpmuLog + Destager to a virtio disk, kill -9 during appends and destaging; NPMU_LOG_POWERCUT_ROUNDS cuts, default 20)"
+NPMU_POWERCUT_ROUNDS=${NPMU_LOG_POWERCUT_ROUNDS:-20} node dist/test/powercut/log-run.js >"$log/log-powercut.tap" 2>&1 || status=1
+show "$log/log-powercut.tap"
+count "$log/log-powercut.tap"
+
 echo "== disk power-cut test (file-backed unit on ext4 on a virtio disk: RDMA writes into cleaned pages persisted, kill -9, boot again)"
 node dist/test/powercut/disk-run.js >"$log/disk-powercut.tap" 2>&1 || status=1
 show "$log/disk-powercut.tap"
