@@ -105,6 +105,11 @@ node dist/test/powercut/disk-run.js >"$log/disk-powercut.tap" 2>&1 || status=1
 show "$log/disk-powercut.tap"
 count "$log/disk-powercut.tap"
 
+echo "== benchmark smoke test (npm run bench -- --quick: one boot, every part, tables and plots; no timing asserted)"
+npx tap --reporter=tap dist/test/smoke/bench.test.js >"$log/bench-smoke.tap" 2>&1 || status=1
+show "$log/bench-smoke.tap"
+count "$log/bench-smoke.tap"
+
 [ "$failed" -eq 0 ] || status=1
 if [ "$todo" -gt 0 ]; then
   echo "== TODO: $todo known product defect(s), reported, to be fixed (not counted as passed or failed):"
