@@ -21,3 +21,7 @@ export { AttrCache } from '../pmm/attrs';
 export type { AttrType, RegionAttributes } from '../pmm/attrs';
 export { NpmuError, VerbsError } from './errors';
 export * as verbs from './verbs';
+export { NpmuLog } from './log';
+export type { LogCreateOptions, LogOpenOptions, LogStats } from './log';
+export { Destager, readAll, readFile } from './destage';
+export type { DestagerOptions } from './destage';
