@@ -244,8 +244,10 @@ interface Plan {
   staging: MemoryRegion[];
   /** the durable write method of each half */
   methods: Record<Half, WriteMethod>;
-  /** per (mirror mode, durable): what a write posts and reports, worked out once */
-  shapes: Map<string, WriteShape>;
+  /** per (mirror mode, durable): what a write posts and reports, worked out once (index: see #shape) */
+  shapes: Array<WriteShape | undefined>;
+  /** fan.maxInline, read once */
+  maxInline: number;
 }
 
 /** What a write of one mirror mode and durability posts and reports (per plan). */
@@ -609,13 +611,25 @@ export class NpmuClient extends EventEmitter {
    * the other half stale (once per client): nothing only one half holds is
    * acknowledged before that (docs/consistency.md).
    */
-  async writeRegion(handle: RegionHandle, buf: ArrayBufferView, len: number | undefined, writePointer: bigint | number, opts?: WriteOptions): Promise<WriteResult> {
-    const h = this.#checkHandle(handle);
-    const view = checkView(buf);
-    const n = this.#checkLen(len, view);
-    const off = this.#checkRange(h, writePointer, n, 'writePointer');
-    const [mirror, durable] = this.#writeOptions(h, opts);
-    return this.#write(h, mirror, durable, [{ view, n, off }]);
+  writeRegion(handle: RegionHandle, buf: ArrayBufferView, len: number | undefined, writePointer: bigint | number, opts?: WriteOptions): Promise<WriteResult> {
+    // Not async: one promise hop less on the hot path (bad arguments still reject, never throw).
+    try {
+      const h = this.#checkHandle(handle);
+      const view = checkView(buf);
+      const n = this.#checkLen(len, view);
+      const off = this.#checkRange(h, writePointer, n, 'writePointer');
+      let mirror: MirrorMode = 'both';
+      let durable = h.durable;
+      if (opts !== undefined) {
+        const o = checkOptions(opts, 'opts');
+        if (o.mirror !== undefined) mirror = checkEnum(o.mirror, 'opts.mirror', MIRROR_MODES);
+        if (o.durable !== undefined && typeof o.durable !== 'boolean') throw argTypeError('opts.durable', 'of type boolean', o.durable);
+        if (o.durable !== undefined) durable = o.durable as boolean;
+      }
+      return this.#write(h, mirror, durable, [{ view, n, off }]);
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   /**
@@ -661,13 +675,13 @@ export class NpmuClient extends EventEmitter {
     for (const half of shape.halves) this.#usableFor(h, half);
     // One history: a write only one half takes is acknowledged only once the other is recorded stale.
     if (mirror !== 'both') await this.#recordStale(mirror === 'primary' ? 'mirror' : 'primary', h, `a ${mirror}-only write`);
-    let total = 0;
-    for (const p of parts) total += p.n;
+    let total = parts[0]!.n;
+    for (let i = 1; i < parts.length; i++) total += parts[i]!.n;
     this.#inflight++;
     let releases: Array<() => void> | undefined;
     let outcome: verbs.FanoutOutcome;
     try {
-      if (parts.length === 1 && total <= plan.fan.maxInline) {
+      if (parts.length === 1 && total <= plan.maxInline) {
         // Small: the bytes travel inside the work request (no staging, no registration).
         const p = parts[0]!;
         outcome = await plan.fan.write(p.view, 0, p.n, p.off, shape.mask, shape.fence);
@@ -703,8 +717,8 @@ export class NpmuClient extends EventEmitter {
   }
 
   #shape(plan: Plan, h: RegionHandle, mirror: MirrorMode, durable: boolean): WriteShape {
-    const key = durable ? mirror : `${mirror}/volatile`;
-    let shape = plan.shapes.get(key);
+    const key = (mirror === 'both' ? 0 : mirror === 'primary' ? 2 : 4) + (durable ? 1 : 0);
+    let shape = plan.shapes[key];
     if (shape) return shape;
     const halves: Half[] = mirror === 'both' ? ['primary', 'mirror'] : [mirror];
     let mask = 0;
@@ -725,7 +739,7 @@ export class NpmuClient extends EventEmitter {
       methods: Object.freeze(methods),
       persist: Object.freeze(halves.filter((x) => methods[x] === 'msync' || methods[x] === 'unit-flush')),
     };
-    plan.shapes.set(key, shape);
+    plan.shapes[key] = shape;
     return shape;
   }
 
@@ -818,7 +832,7 @@ export class NpmuClient extends EventEmitter {
     );
     const methods = {} as Record<Half, WriteMethod>;
     for (const x of HALVES) methods[x] = methodFor(h[x].durability, this.#paths[x].persistDomain);
-    plan = { fan, leg, halves, staging: halves.map((x) => this.#paths[x].staging!), methods, shapes: new Map() };
+    plan = { fan, leg, halves, staging: halves.map((x) => this.#paths[x].staging!), methods, shapes: [], maxInline: fan.maxInline };
     this.#plans.set(h, plan);
     return plan;
   }
