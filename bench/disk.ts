@@ -16,6 +16,7 @@
  *
  * usage: node dist/bench/disk.js --dir DIR [--iters N] [--warmup N] [--hdr-dir DIR]
  */
+import { placeSelf } from './verbs';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
@@ -46,6 +47,10 @@ function args(argv: string[]): { dir: string; iters: number; warmup: number; hdr
 
 async function main(): Promise<void> {
   const o = args(process.argv.slice(2));
+  // As the other Node benchmarks: the main thread on NPMU_BENCH_CPU (a floating one migrates between the
+  // emulated CPUs and doubles an npmu commit's p50 under TCG).
+  const placed = placeSelf();
+  process.stderr.write(`${path.basename(__filename, '.js')}: ${placed.replace(/^, /, '')}\n`);
   fs.mkdirSync(o.dir, { recursive: true });
   for (const mode of ['append', 'overwrite'] as const) {
     for (const size of [64, 4096]) {

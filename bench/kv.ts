@@ -29,6 +29,7 @@
  * usage: node dist/bench/kv.js --dir DIR [--commits N] [--warmup N] [--committers 1,4,16]
  *          [--impls file,group,npmu,sqlite] [--hdr-dir DIR] [--fs TEXT]
  */
+import { placeSelf } from './verbs';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -261,6 +262,10 @@ async function runNpmu(o: Options, emit: (r: object) => void): Promise<void> {
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
+  // As the other Node benchmarks: the main thread on NPMU_BENCH_CPU (a floating one migrates between the
+  // emulated CPUs and doubles an npmu commit's p50 under TCG).
+  const placed = placeSelf();
+  process.stderr.write(`${path.basename(__filename, '.js')}: ${placed.replace(/^, /, '')}\n`);
   fs.mkdirSync(o.dir, { recursive: true });
   const emit = (r: object): void => void process.stdout.write(JSON.stringify(r) + '\n');
   const fresh = (run: string): string => {
