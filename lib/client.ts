@@ -60,6 +60,7 @@ import { NpmuError, argRangeError, argTypeError, argValueError } from './errors'
 import { ControlConnection, MAX_LIST, decodeAcceptInfo } from './protocol';
 import type { AcceptInfo, OkReply, ReplyBody } from './protocol';
 import * as verbs from './verbs';
+import { settleFairly } from './fair';
 import type { Endpoint, MemoryRegion } from './verbs';
 import { AttrCache } from '../pmm/attrs';
 
@@ -626,7 +627,7 @@ export class NpmuClient extends EventEmitter {
         if (o.durable !== undefined && typeof o.durable !== 'boolean') throw argTypeError('opts.durable', 'of type boolean', o.durable);
         if (o.durable !== undefined) durable = o.durable as boolean;
       }
-      return this.#write(h, mirror, durable, [{ view, n, off }]);
+      return settleFairly(this.#write(h, mirror, durable, [{ view, n, off }])); // lib/fair.ts
     } catch (e) {
       return Promise.reject(e);
     }
@@ -658,7 +659,7 @@ export class NpmuClient extends EventEmitter {
       parts.push({ view, n, off });
     }
     const [mirror, durable] = this.#writeOptions(h, opts);
-    return this.#write(h, mirror, durable, parts);
+    return settleFairly(this.#write(h, mirror, durable, parts));
   }
 
   #writeOptions(h: RegionHandle, opts: WriteOptions | undefined): [MirrorMode, boolean] {
@@ -845,7 +846,11 @@ export class NpmuClient extends EventEmitter {
    * A stale half is never read (ERR_NPMU_HALF_STALE); reading one half while
    * the other is out of reach first asks the PMM, once, that it is current.
    */
-  async readRegion(handle: RegionHandle, buf: ArrayBufferView, len: number | undefined, readPointer: bigint | number, opts?: ReadOptions): Promise<ReadResult> {
+  readRegion(handle: RegionHandle, buf: ArrayBufferView, len: number | undefined, readPointer: bigint | number, opts?: ReadOptions): Promise<ReadResult> {
+    return settleFairly(this.#readRegion(handle, buf, len, readPointer, opts)); // lib/fair.ts
+  }
+
+  async #readRegion(handle: RegionHandle, buf: ArrayBufferView, len: number | undefined, readPointer: bigint | number, opts?: ReadOptions): Promise<ReadResult> {
     const h = this.#checkHandle(handle);
     const view = checkView(buf);
     const n = this.#checkLen(len, view);
@@ -947,7 +952,11 @@ export class NpmuClient extends EventEmitter {
    * durable (a power cut may leave the old value) and it does not touch the
    * other half. Used by lib/log.ts for its writer lease.
    */
-  async compareSwapRegion(handle: RegionHandle, pointer: bigint | number, compare: bigint, swap: bigint, opts?: { mirror?: Half }): Promise<bigint> {
+  compareSwapRegion(handle: RegionHandle, pointer: bigint | number, compare: bigint, swap: bigint, opts?: { mirror?: Half }): Promise<bigint> {
+    return settleFairly(this.#compareSwapRegion(handle, pointer, compare, swap, opts)); // lib/fair.ts
+  }
+
+  async #compareSwapRegion(handle: RegionHandle, pointer: bigint | number, compare: bigint, swap: bigint, opts?: { mirror?: Half }): Promise<bigint> {
     const h = this.#checkHandle(handle);
     const off = this.#checkRange(h, pointer, 8, 'pointer');
     if (off % 8n !== 0n) throw argValueError('pointer', 'must be 8-byte aligned (an atomic target)', pointer);

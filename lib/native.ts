@@ -403,6 +403,8 @@ export interface NativeBinding {
   postAll(items: Array<{ ep: NativeEndpoint } & WorkRequest>): Promise<WorkResult[]>;
   /** A fan-out write plan over 1-8 legs (see NativeFanout). */
   Fanout: new (legs: FanoutLeg[]) => NativeFanout;
+  /** Event-loop turns so far (a uv_check handle counts them): tells whether the loop turned since a caller last looked. */
+  loopTurn(): number;
   /** counts of live native objects in this environment, for leak tests */
   liveObjects(): { contexts: number; pds: number; mappings: number; mrs: number; endpoints: number; listeners: number };
 }

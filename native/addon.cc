@@ -40,6 +40,12 @@ void Registry::HandleClosed() {
 // handles), then MRs, mappings, PDs, contexts. No JS is called.
 void Registry::Reap() {
   reaping = true;
+  if (turnCheckOpen) {
+    turnCheckOpen = false;
+    uv_check_stop(&turnCheck);
+    uv_close(reinterpret_cast<uv_handle_t*>(&turnCheck),
+             [](uv_handle_t* h) { static_cast<Registry*>(h->data)->HandleClosed(); });
+  }
   std::vector<EndpointRes*> eps(endpoints.begin(), endpoints.end());
   for (EndpointRes* e : eps) {
     auto keep = e->shared_from_this();
@@ -85,6 +91,11 @@ Napi::Value Init(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// loopTurn(): the number of event-loop turns so far (see Registry::turns).
+Napi::Value LoopTurn(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), GetData(info.Env())->reg->turns);
+}
+
 Napi::Value LiveObjects(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Registry& r = *GetData(env)->reg;
@@ -121,6 +132,16 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   data->reg->env = env;
   data->reg->data = data;
   napi_get_uv_event_loop(env, &data->reg->loop);
+  {
+    Registry* r = data->reg.get();
+    if (uv_check_init(r->loop, &r->turnCheck) == 0) {
+      r->turnCheck.data = r;
+      r->turnCheckOpen = true;
+      r->openHandles++;
+      uv_check_start(&r->turnCheck, [](uv_check_t* h) { static_cast<Registry*>(h->data)->turns += 1; });
+      uv_unref(reinterpret_cast<uv_handle_t*>(&r->turnCheck));
+    }
+  }
   env.SetInstanceData<AddonData, FreeAddonData>(data);
 
   napi_value name;
@@ -158,6 +179,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("listen", Napi::Function::New<Listen>(env, "listen"));
   exports.Set("postAll", Napi::Function::New<PostAll>(env, "postAll"));
   exports.Set("Fanout", Fanout::Define(env));
+  exports.Set("loopTurn", Napi::Function::New<LoopTurn>(env, "loopTurn"));
   exports.Set("liveObjects", Napi::Function::New<LiveObjects>(env, "liveObjects"));
   return exports;
 }

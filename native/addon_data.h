@@ -30,6 +30,12 @@ struct Registry {
   bool reaping = false;
   napi_async_cleanup_hook_handle hook = nullptr;
   int openHandles = 0;  // uv handles not yet close-called back
+  // Event-loop turns: a uv_check handle (unref'd) counts them, so JS can tell
+  // whether the loop turned since it last looked (loopTurn(); lib/client.ts
+  // uses it to yield a chain of operations that settle inside their post).
+  uv_check_t turnCheck{};
+  bool turnCheckOpen = false;
+  double turns = 0;
 
   std::unordered_set<ContextRes*> contexts;
   std::unordered_set<PdRes*> pds;
