@@ -6,7 +6,8 @@
 # checks every acknowledged operation. Two boots per round, ~1-3 min a round
 # under TCG. The suite runs 2 rounds; default here 25. SEED replays a run
 # (it is printed at the start). NPMU_CAMPAIGN=log runs the log's power-cut
-# test (test/powercut/log-run.ts: appends + destaging) instead.
+# test (test/powercut/log-run.ts: appends + destaging) instead: ROUNDS is then
+# the number of cuts, one boot each (~35 s a cut; the suite runs 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-25}

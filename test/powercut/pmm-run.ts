@@ -11,11 +11,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
 import { boot as bootVm, cacheDir as dir } from './boot';
-import { prng } from './pmm-guest';
+import { bootAndCut, planCut, prng } from './cut';
 
 const imgs = [path.join(dir, 'pmm-powercut-0.img'), path.join(dir, 'pmm-powercut-1.img')];
-const boot = (args: string[], persistence: 'cpu' | 'mem-ctrl', onLine?: (line: string, cut: () => void) => void) =>
-  bootVm({ guest: 'pmm-guest.js', args, nvdimms: imgs, timeoutSec: 900, persistence, onLine });
+const vm = { guest: 'pmm-guest.js', nvdimms: imgs, timeoutSec: 900 };
 const rounds = Number(process.env.NPMU_POWERCUT_ROUNDS ?? 2);
 /** Every round's moments derive from this seed: NPMU_POWERCUT_SEED=<n> replays a run. */
 const baseSeed = Number(process.env.NPMU_POWERCUT_SEED ?? Math.floor(Math.random() * 2 ** 31));
@@ -33,17 +32,10 @@ for (let round = 1; round <= rounds; round++) {
     for (const f of imgs) fs.rmSync(f, { force: true });
     const logFile = path.join(dir, `pmm-powercut-${round}.log`);
     // Cut at a seeded moment: after a number of acknowledged operations, then a delay into the next one.
-    const random = prng(seed);
-    const cutAfter = 20 + Math.floor(random() * 80);
-    const delayMs = Math.floor(random() * 60);
-    let acks = 0;
-    let cut = false;
-    const first = await boot(['burst', String(seed), ...(persistence === 'mem-ctrl' ? ['shadow'] : [])], persistence, (line, kill) => {
-      if (line.startsWith('ACK ') && ++acks === cutAfter && !cut) {
-        cut = true;
-        setTimeout(kill, delayMs);
-      }
-    });
+    const plan = planCut(prng(seed), 20, 80, 60);
+    const first = await bootAndCut({ ...vm, args: ['burst', String(seed), ...(persistence === 'mem-ctrl' ? ['shadow'] : [])], persistence }, plan);
+    const cut = first.cut;
+    const { cutAfter, delayMs } = plan;
     fs.writeFileSync(logFile, first.out);
     if (cut) t.pass(`the cut came ${delayMs} ms after the ${cutAfter}th acknowledged operation`);
     else t.fail(`the guest did not reach ${cutAfter} acknowledged operations`, { output: first.out.slice(-3000) });
@@ -51,7 +43,7 @@ for (let round = 1; round <= rounds; round++) {
     const lines = first.out.split('\n');
     const ops = lines.filter((l) => l.startsWith('ACK ')).length;
     t.comment(`cut after ${ops} acknowledged operations (${lines.filter((l) => l.startsWith('ACK write')).length} writes, ${lines.filter((l) => l.startsWith('ACK takeover')).length} takeovers)`);
-    const second = await boot(['check', logFile], persistence);
+    const second = await bootVm({ ...vm, args: ['check', logFile], persistence });
     t.equal(second.code, 0, 'second boot: the volume recovered and checked', { output: second.out.slice(-3000) });
     t.match(second.out, /CHECKED/);
     const m = /(\d+) acknowledged writes found on both halves/.exec(second.out);
