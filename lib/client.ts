@@ -270,6 +270,12 @@ interface WritePart {
 }
 
 const MAX_BATCH = 4096;
+/**
+ * Inline limit asked of the units' QPs (a device that cannot gets less): a
+ * write up to this size travels inside the work request, with no staging copy
+ * or registration — one log record of a KV commit (lib/log.ts) is ~150 bytes.
+ */
+const MAX_INLINE = 256;
 const MIRROR_MODES = Object.values(Mirror);
 const READ_MODES = Object.values(ReadFrom);
 
@@ -437,7 +443,7 @@ export class NpmuClient extends EventEmitter {
     if (!u.available) return;
     const ticket = Buffer.from(r.tickets[h], 'base64');
     try {
-      const ep = await verbs.connect({ host: u.host, port: u.rdmaPort, privateData: ticket, busyPoll, timeoutMs: 10_000 });
+      const ep = await verbs.connect({ host: u.host, port: u.rdmaPort, privateData: ticket, busyPoll, timeoutMs: 10_000, maxInline: MAX_INLINE });
       p.ep = ep;
       p.fenceWord = decodeAcceptInfo(ep.peerPrivateData);
       ep.onEvent = (ev) => this.#halfDown(h, ev.type === 'error' ? ev.error : new NpmuError('ERR_NPMU_DISCONNECTED', `the ${h} unit disconnected`));
