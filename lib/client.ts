@@ -701,7 +701,12 @@ export class NpmuClient extends EventEmitter {
     }
     if (outcome !== undefined) this.#writeFailed(plan, shape, outcome);
     if (shape.persist.length > 0) await Promise.all(shape.persist.map((x) => this.#persistParts(h, x, parts, shape.halves)));
-    return { bytes: total, halves: shape.halves.slice(), durable: shape.durable, durability: shape.durability, methods: { ...shape.methods } };
+    // Copies of the shape's frozen halves and methods, built by hand: slice() and spread of a frozen
+    // object take V8's slow paths (~0.4 µs a write natively, ~25x that under TCG).
+    const hs = shape.halves;
+    const methods: Partial<Record<Half, WriteMethod>> = {};
+    for (let i = 0; i < hs.length; i++) methods[hs[i]!] = shape.methods[hs[i]!];
+    return { bytes: total, halves: [...hs], durable: shape.durable, durability: shape.durability, methods };
   }
 
   /** The halves a write failed on (marked down unless the refusal was local); throws ERR_NPMU_HALF_UNAVAILABLE if any. */
