@@ -32,20 +32,13 @@
  *      NPMU_BENCH_WARMUP, NPMU_BENCH_CPU / NPMU_BENCH_SCHED (placement, as in
  *      bench/verbs.ts; scripts/bench-verbs.sh pins to CPU 0 by default).
  */
-import { randomBytes } from 'node:crypto';
-import { ControlConnection } from '../lib/protocol';
-import { Mirror, NpmuClient } from '../lib/client';
-import type { RegionHandle } from '../lib/client';
-import { ClientRegistry, clientLine, parseClients } from '../pmm/credentials';
-import { PmmServer } from '../pmm/server';
-import { UnitDevice } from '../unit/device';
+import { Mirror } from '../lib/client';
+import type { NpmuClient, RegionHandle } from '../lib/client';
 import type { PersistDomain } from '../unit/device';
-import { UnitServer } from '../unit/server';
 import { summarize } from './stats';
+import { benchTarget, startSystem } from './system';
 import { placeSelf } from './verbs';
 
-const KEY = randomBytes(32);
-const clients = new ClientRegistry({ entries: parseClients(clientLine('bench', 'bench-secret', { logN: 4 })) });
 const log = (s: string): void => void process.stderr.write(`bench/client: ${s}\n`);
 
 interface Options {
@@ -73,10 +66,7 @@ function parseArgs(argv: string[]): Options {
   for (const m of modes) if (m !== 'busy' && m !== 'event') throw new RangeError(`bad mode '${m}'`);
   const domains = (get('--domains') ?? 'cpu_cache,memory_controller').split(',') as PersistDomain[];
   for (const d of domains) if (d !== 'cpu_cache' && d !== 'memory_controller') throw new RangeError(`bad domain '${d}'`);
-  const dax = (process.env.NPMU_DAX_DEVICES ?? '').split(' ').filter(Boolean).slice(0, 2);
-  if (dax.length < 2) throw new Error('needs two devdax devices (NPMU_DAX_DEVICES): run it through scripts/bench.sh');
-  const host = process.env.NPMU_RXE_ADDR;
-  if (!host) throw new Error('NPMU_RXE_ADDR is not set');
+  const { host, dax } = benchTarget('run it through scripts/bench.sh');
   return { iters, warmup, modes, domains, bw: !argv.includes('--no-bw'), host, dax };
 }
 
@@ -94,23 +84,13 @@ async function time(n: number, warmup: number, fn: () => Promise<unknown>): Prom
 const REGION = 8 << 20;
 
 async function measureDomain(o: Options, domain: PersistDomain, emit: (r: object) => void): Promise<void> {
-  const { host } = o;
-  const units: UnitServer[] = [];
-  for (const d of o.dax) {
-    const device = UnitDevice.open(d, { format: { label: 'bench' }, force: true });
-    units.push(await UnitServer.start({ device, key: KEY, host, persistDomain: domain }));
-  }
-  const addr = (u: UnitServer) => ({ host, controlPort: u.controlPort, rdmaPort: u.rdmaPort });
-  const pmm = await PmmServer.start({ key: KEY, clients, host, port: 0, units: units.map(addr) });
+  const sys = await startSystem({ host: o.host, dax: o.dax, label: 'bench', persistDomain: domain });
   try {
-    const ctl = await ControlConnection.connect({ host, port: pmm.port });
-    await ctl.request('create-volume', { volume: 'bench', primary: addr(units[0]!), mirror: addr(units[1]!), force: true }, { timeoutMs: 120_000 });
-    ctl.close();
-    const setup = await NpmuClient.attach({ pmm: { host, port: pmm.port }, client: 'bench', secret: 'bench-secret', volume: 'bench' });
+    const setup = await sys.attach();
     await setup.createRegion('r', REGION, 0n, { durable: true });
     await setup.close();
     for (const mode of o.modes) {
-      const c = await NpmuClient.attach({ pmm: { host, port: pmm.port }, client: 'bench', secret: 'bench-secret', volume: 'bench', busyPoll: mode === 'busy' });
+      const c = await sys.attach({ busyPoll: mode === 'busy' });
       const h = await c.openRegion('r');
       const impl = `npmu-${mode}${domain === 'memory_controller' ? '-adr' : ''}`;
       const out = (op: string, size: number, s: Float64Array, extra: object = {}): void =>
@@ -130,15 +110,14 @@ async function measureDomain(o: Options, domain: PersistDomain, emit: (r: object
       await c.close();
     }
     // Last: a single-half write has the PMM record the other half stale.
-    const c = await NpmuClient.attach({ pmm: { host, port: pmm.port }, client: 'bench', secret: 'bench-secret', volume: 'bench', busyPoll: true });
+    const c = await sys.attach({ busyPoll: true });
     const h = await c.openRegion('r');
     const buf = Buffer.alloc(64, 0x17);
     const s = await time(o.iters, o.warmup, () => c.writeRegion(h, buf, 64, 0n, { durable: true, mirror: Mirror.PRIMARY }));
     emit({ impl: domain === 'memory_controller' ? 'npmu-busy-adr' : 'npmu-busy', op: 'write-primary-durable', size: 64, domain, mode: 'busy', warmup: o.warmup, ...summarize(s) });
     await c.close();
   } finally {
-    await pmm.close();
-    for (const u of units) await u.close();
+    await sys.close();
   }
 }
 

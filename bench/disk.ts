@@ -20,6 +20,7 @@ import { placeSelf } from './verbs';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { argGetter, commonArgs, count } from './args';
 import { newHistogram, summary, writeHlog } from './hist';
 
 const relHlog = (...a: Parameters<typeof writeHlog>): string => path.relative(process.cwd(), writeHlog(...a));
@@ -27,21 +28,11 @@ const relHlog = (...a: Parameters<typeof writeHlog>): string => path.relative(pr
 const log = (s: string): void => void process.stderr.write(`bench/disk: ${s}\n`);
 
 function args(argv: string[]): { dir: string; iters: number; warmup: number; hdrDir: string | undefined; fs: string } {
-  const get = (k: string): string | undefined => (argv.includes(k) ? argv[argv.indexOf(k) + 1] : undefined);
-  const dir = get('--dir');
-  if (!dir) throw new Error('--dir DIR is required');
-  const int = (v: string | undefined, d: number, min: number): number => {
-    if (v === undefined || v === '') return d;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new RangeError(`bad count '${v}'`);
-    return n;
-  };
+  const get = argGetter(argv);
   return {
-    dir,
-    iters: int(get('--iters') ?? process.env.NPMU_BENCH_ITERS, 1000, 5),
-    warmup: int(get('--warmup') ?? process.env.NPMU_BENCH_WARMUP, 50, 0),
-    hdrDir: get('--hdr-dir'),
-    fs: get('--fs') ?? 'local file system',
+    ...commonArgs(get),
+    iters: count(get('--iters') ?? process.env.NPMU_BENCH_ITERS, 1000, 5),
+    warmup: count(get('--warmup') ?? process.env.NPMU_BENCH_WARMUP, 50, 0),
   };
 }
 

@@ -14,8 +14,14 @@
  *
  * A committer loops: t0, commit one row (a key among 1000, a 100-byte value),
  * t1 once it is durable. N committers run at once in this process (closed
- * loop: N commits outstanding). better-sqlite3 is synchronous, so its
- * committers take turns on the event loop: a committer's t0 is taken before it
+ * loop: N commits outstanding). Before the timed commits, a warm-up of at
+ * least --warmup commits and --warmup-ms (default 1000 ms), then a garbage
+ * collection when run with --expose-gc (bench/run.ts does): the same for every
+ * WAL (see drive()). The npmu client polls its completions in busy-poll mode
+ * (NPMU_BENCH_KV_MODE=event: event mode), the main thread pinned like the
+ * other Node benchmarks (NPMU_BENCH_CPU); the two units and the PMM run in
+ * this process (bench/system.ts), idle during the loop (one-sided RDMA).
+ * better-sqlite3 is synchronous, so its committers take turns on the event loop: a committer's t0 is taken before it
  * waits for its turn, so its latency includes the commits ahead of it, as a
  * queued commit's does on the other WALs.
  *
@@ -26,16 +32,19 @@
  *   {"impl":"kv-group","op":"commit","committers":4,"commits_per_s":..,"p50_us":..,"p99_us":..,"p999_us":..,...}
  * and an HdrHistogram log of each in --hdr-dir.
  *
- * usage: node dist/bench/kv.js --dir DIR [--commits N] [--warmup N] [--committers 1,4,16]
+ * usage: node --expose-gc dist/bench/kv.js --dir DIR [--commits N] [--warmup N] [--warmup-ms MS] [--committers 1,4,16]
  *          [--impls file,group,npmu,sqlite] [--hdr-dir DIR] [--fs TEXT]
  */
 import { placeSelf } from './verbs';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { randomBytes } from 'node:crypto';
 import { KvStore } from '../examples/kv/store';
 import { FileWal, GroupCommitWal, NpmuWal, loadNpmuLog, type Wal } from '../examples/kv/wal';
+import { argGetter, commonArgs, count } from './args';
 import { newHistogram, summary, writeHlog } from './hist';
+import { benchTarget, startSystem } from './system';
 
 const log = (s: string): void => void process.stderr.write(`bench/kv: ${s}\n`);
 const IMPLS = ['file', 'group', 'npmu', 'sqlite'] as const;
@@ -47,6 +56,7 @@ interface Options {
   dir: string;
   commits: number;
   warmup: number;
+  warmupMs: number;
   committers: number[];
   impls: Impl[];
   hdrDir: string | undefined;
@@ -54,27 +64,18 @@ interface Options {
 }
 
 function parseArgs(argv: string[]): Options {
-  const get = (k: string): string | undefined => (argv.includes(k) ? argv[argv.indexOf(k) + 1] : undefined);
-  const dir = get('--dir');
-  if (!dir) throw new Error('--dir DIR is required');
-  const int = (v: string | undefined, d: number, min: number): number => {
-    if (v === undefined || v === '') return d;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new RangeError(`bad count '${v}'`);
-    return n;
-  };
+  const get = argGetter(argv);
   const impls = (get('--impls') ?? IMPLS.join(',')).split(',').map((i) => {
     if (!(IMPLS as readonly string[]).includes(i)) throw new RangeError(`bad impl '${i}' (${IMPLS.join(', ')})`);
     return i as Impl;
   });
   return {
-    dir,
-    commits: int(get('--commits') ?? process.env.NPMU_BENCH_ITERS, 1000, 16),
-    warmup: int(get('--warmup') ?? process.env.NPMU_BENCH_WARMUP, 50, 0),
-    committers: (get('--committers') ?? '1,4,16').split(',').map((c) => int(c, 1, 1)),
+    ...commonArgs(get),
+    commits: count(get('--commits') ?? process.env.NPMU_BENCH_ITERS, 1000, 16),
+    warmup: count(get('--warmup') ?? process.env.NPMU_BENCH_WARMUP, 50, 0),
+    warmupMs: count(get('--warmup-ms') ?? process.env.NPMU_BENCH_KV_WARMUP_MS, 1000, 0),
+    committers: (get('--committers') ?? '1,4,16').split(',').map((c) => count(c, 1, 1)),
     impls,
-    hdrDir: get('--hdr-dir'),
-    fs: get('--fs') ?? 'local file system',
   };
 }
 
@@ -95,20 +96,38 @@ interface RunResult {
   h: ReturnType<typeof newHistogram>;
   t0ms: number;
   t1ms: number;
+  /** commits done to warm up */
+  warmed: number;
 }
 
-/** `n` committers, `total` commits after `warmup`, each `commit()` timed. */
-async function drive(n: number, total: number, warmup: number, commit: () => Promise<unknown>, before?: () => Promise<void>): Promise<RunResult> {
+/** Most warm-up commits (the npmu log of a run, 16 MiB, holds ~110,000 of these records). */
+const WARMUP_CAP = 50_000;
+
+/**
+ * `n` committers, `total` commits after the warm-up, each `commit()` timed.
+ * The warm-up is at least `warmup` commits and at least `warmupMs` of them (up
+ * to WARMUP_CAP): the first second after a WAL is opened is not steady state
+ * (the JIT still compiles the commit path, and opening left garbage: the npmu
+ * log's recovery reads and writes its whole data area, a file WAL zero-fills a
+ * segment). Then garbage is collected, if --expose-gc allows, outside the
+ * timed loop, as bench/verbs.ts does between runs. The same for every WAL.
+ */
+async function drive(n: number, total: number, warmup: number, warmupMs: number, commit: () => Promise<unknown>, before?: () => Promise<void>): Promise<RunResult> {
   let left = warmup;
+  let warmed = 0;
+  const until = performance.now() + warmupMs;
+  const more = (): boolean => left > 0 || (warmed < WARMUP_CAP && performance.now() < until);
   await Promise.all(
     Array.from({ length: n }, async () => {
-      while (left > 0) {
+      while (more()) {
         left--;
+        warmed++;
         if (before) await before();
         await commit();
       }
     }),
   );
+  (globalThis as { gc?: () => void }).gc?.();
   const h = newHistogram();
   left = total;
   const t0ms = Date.now();
@@ -125,7 +144,7 @@ async function drive(n: number, total: number, warmup: number, commit: () => Pro
     }),
   );
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-  return { commits_per_s: Math.round(total / secs), h, t0ms, t1ms: Date.now() };
+  return { commits_per_s: Math.round(total / secs), h, t0ms, t1ms: Date.now(), warmed };
 }
 
 const same = (a: KvStore, b: KvStore): boolean => {
@@ -137,11 +156,11 @@ const same = (a: KvStore, b: KvStore): boolean => {
 /** The KV store on one WAL kind, for each committer count. */
 async function runWal(o: Options, impl: string, openWal: (run: string) => Promise<Wal>, emit: (r: object) => void, extra: object = {}): Promise<void> {
   for (const n of o.committers) {
-    log(`${impl}: ${n} committer(s), ${o.warmup} warm-up + ${o.commits} commits`);
+    log(`${impl}: ${n} committer(s), ${o.warmup} warm-up (and ${o.warmupMs} ms) + ${o.commits} commits`);
     const run = `${impl}-${n}`;
     const store = await KvStore.open(await openWal(run));
     const next = workload();
-    const r = await drive(n, o.commits, o.warmup, () => {
+    const r = await drive(n, o.commits, o.warmup, o.warmupMs, () => {
       const { key, value } = next();
       return store.put(key, value);
     });
@@ -163,7 +182,7 @@ function emitResult(o: Options, impl: string, n: number, r: RunResult, emit: (x:
   const tag = `${impl}-commit-${n}`;
   const hlog = o.hdrDir ? path.relative(process.cwd(), writeHlog(o.hdrDir, tag, r.h, r.t0ms, r.t1ms)) : undefined;
   const s = summary(r.h);
-  emit({ impl, op: 'commit', committers: n, commits_per_s: r.commits_per_s, ...s, value_bytes: VALUE, keys: KEYS, fs: o.fs, ...extra, ...(hlog ? { hlog } : {}) });
+  emit({ impl, op: 'commit', committers: n, commits_per_s: r.commits_per_s, ...s, warmup_commits: r.warmed, value_bytes: VALUE, keys: KEYS, fs: o.fs, ...extra, ...(hlog ? { hlog } : {}) });
   log(`  ${impl} x${n}: ${r.commits_per_s} commits/s, p50 ${s.p50_us} us, p99 ${s.p99_us} us, p99.9 ${s.p999_us} us`);
 }
 
@@ -171,7 +190,7 @@ async function runSqlite(o: Options, emit: (r: object) => void): Promise<void> {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const Database = require('better-sqlite3') as SqliteCtor;
   for (const n of o.committers) {
-    log(`kv-sqlite: ${n} committer(s), ${o.warmup} warm-up + ${o.commits} commits`);
+    log(`kv-sqlite: ${n} committer(s), ${o.warmup} warm-up (and ${o.warmupMs} ms) + ${o.commits} commits`);
     const dir = path.join(o.dir, `kv-sqlite-${n}`);
     fs.rmSync(dir, { recursive: true, force: true });
     fs.mkdirSync(dir, { recursive: true });
@@ -186,6 +205,7 @@ async function runSqlite(o: Options, emit: (r: object) => void): Promise<void> {
       n,
       o.commits,
       o.warmup,
+      o.warmupMs,
       async () => {
         const { key, value } = next();
         upsert.run(key, value); // autocommit: one transaction, durable (WAL fsync) when it returns
@@ -221,42 +241,25 @@ async function runNpmu(o: Options, emit: (r: object) => void): Promise<void> {
     log('kv-npmu: SKIPPED: this build has no lib/log.ts (the npmu log)');
     return;
   }
-  const dax = (process.env.NPMU_DAX_DEVICES ?? '').split(/\s+/).filter(Boolean).slice(0, 2);
-  const host = process.env.NPMU_RXE_ADDR;
-  if (dax.length < 2 || !host) {
-    log('kv-npmu: SKIPPED: needs two devdax devices (NPMU_DAX_DEVICES) and NPMU_RXE_ADDR (run it through scripts/bench.sh)');
+  let target: { host: string; dax: string[] };
+  try {
+    target = benchTarget('run it through scripts/bench.sh');
+  } catch (e) {
+    log(`kv-npmu: SKIPPED: ${(e as Error).message}`);
     process.exitCode = 1;
     return;
   }
-  const { ControlConnection } = await import('../lib/protocol');
-  const { NpmuClient } = await import('../lib/client');
-  const { ClientRegistry, clientLine, parseClients } = await import('../pmm/credentials');
-  const { PmmServer } = await import('../pmm/server');
-  const { UnitDevice } = await import('../unit/device');
-  const { UnitServer } = await import('../unit/server');
-  const key = randomBytes(32);
-  const clients = new ClientRegistry({ entries: parseClients(clientLine('bench', 'bench-secret', { logN: 4 })) });
-  const units: Array<Awaited<ReturnType<typeof UnitServer.start>>> = [];
-  for (const d of dax) {
-    const device = UnitDevice.open(d, { format: { label: 'bench-kv' }, force: true });
-    units.push(await UnitServer.start({ device, key, host, persistDomain: 'cpu_cache' }));
-  }
-  const addr = (u: Awaited<ReturnType<typeof UnitServer.start>>) => ({ host, controlPort: u.controlPort, rdmaPort: u.rdmaPort });
-  const pmm = await PmmServer.start({ key, clients, host, port: 0, units: units.map(addr) });
+  const sys = await startSystem({ ...target, label: 'bench-kv', persistDomain: 'cpu_cache' });
   const busyPoll = process.env.NPMU_BENCH_KV_MODE !== 'event';
   try {
-    const ctl = await ControlConnection.connect({ host, port: pmm.port });
-    await ctl.request('create-volume', { volume: 'bench', primary: addr(units[0]!), mirror: addr(units[1]!), force: true }, { timeoutMs: 120_000 });
-    ctl.close();
-    const client = await NpmuClient.attach({ pmm: { host, port: pmm.port }, client: 'bench', secret: 'bench-secret', volume: 'bench', busyPoll });
+    const client = await sys.attach({ busyPoll });
     try {
       await runWal(o, 'kv-npmu', (run) => NpmuWal.open(client, run, { size: 16 << 20 }), emit, { domain: 'cpu_cache', mode: busyPoll ? 'busy' : 'event' });
     } finally {
       await client.close();
     }
   } finally {
-    await pmm.close();
-    for (const u of units) await u.close();
+    await sys.close();
   }
 }
 

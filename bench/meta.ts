@@ -18,14 +18,12 @@
  */
 import * as fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { ControlConnection } from '../lib/protocol';
 import { NpmuClient } from '../lib/client';
-import { ClientRegistry, clientLine, parseClients } from '../pmm/credentials';
 import { MetaImage } from '../pmm/metadata';
 import type { RegionMeta } from '../pmm/metadata';
 import { PmmServer } from '../pmm/server';
-import { UnitDevice } from '../unit/device';
-import { UnitServer } from '../unit/server';
+import type { UnitServer } from '../unit/server';
+import { benchClients, createVolume, startUnits, unitAddr } from './system';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -34,7 +32,7 @@ const SIZES = quick ? [10, 1_000] : [10, 1_000, 10_000];
 const SAMPLES = quick ? 10 : 30;
 const KEY = randomBytes(32);
 const host = process.env.NPMU_RXE_ADDR ?? '10.77.0.1';
-const clients = new ClientRegistry({ entries: parseClients(clientLine('bench', 'bench-secret', { logN: 4 })) });
+const clients = benchClients();
 
 type Stats = { p50: number; p99: number };
 const stats = (xs: number[]): Stats => {
@@ -51,13 +49,10 @@ const log = (s: string) => process.stderr.write(`bench-meta: ${s}\n`);
 
 async function measureAt(n: number, dax: string[]): Promise<Record<string, unknown>> {
   // Fresh units and a volume on them.
-  const units: UnitServer[] = [];
-  for (const d of dax) units.push(await UnitServer.start({ device: UnitDevice.open(d, { format: { label: 'bench-meta' }, force: true }), key: KEY, host }));
-  const addr = (u: UnitServer) => ({ host, controlPort: u.controlPort, rdmaPort: u.rdmaPort });
+  const units = await startUnits(dax, host, KEY, 'bench-meta');
+  const addr = (u: UnitServer) => unitAddr(host, u);
   let pmm = await PmmServer.start({ key: KEY, clients, host, port: 0, units: units.map(addr) });
-  const ctl = await ControlConnection.connect({ host, port: pmm.port });
-  await ctl.request('create-volume', { volume: 'bench', primary: addr(units[0]!), mirror: addr(units[1]!), force: true }, { timeoutMs: 120_000 });
-  ctl.close();
+  await createVolume(host, pmm.port, 'bench', units);
   const v0 = pmm.volumes.get('bench')!;
   const volume = v0.image.volume;
   const epoch = v0.epoch;

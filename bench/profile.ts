@@ -22,14 +22,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Session } from 'node:inspector';
-import { randomBytes } from 'node:crypto';
-import { ControlConnection } from '../lib/protocol';
-import { NpmuClient } from '../lib/client';
-import { ClientRegistry, clientLine, parseClients } from '../pmm/credentials';
-import { PmmServer } from '../pmm/server';
-import { UnitDevice } from '../unit/device';
-import { UnitServer } from '../unit/server';
 import { summarize } from './stats';
+import { benchTarget, startSystem } from './system';
 import { placeSelf } from './verbs';
 
 interface ProfileNode {
@@ -69,26 +63,15 @@ async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   const iters = argv.includes('--iters') ? Number(argv[argv.indexOf('--iters') + 1]) : 3000;
   const placed = placeSelf();
-  const host = process.env.NPMU_RXE_ADDR;
-  const dax = (process.env.NPMU_DAX_DEVICES ?? '').split(' ').filter(Boolean);
-  if (!host || dax.length < 2) throw new Error('needs NPMU_RXE_ADDR and two NPMU_DAX_DEVICES (run it through scripts/bench.sh --profile)');
-  const KEY = randomBytes(32);
-  const clients = new ClientRegistry({ entries: parseClients(clientLine('bench', 'bench-secret', { logN: 4 })) });
-  const units: UnitServer[] = [];
-  for (const d of dax.slice(0, 2)) units.push(await UnitServer.start({ device: UnitDevice.open(d, { format: { label: 'profile' }, force: true }), key: KEY, host }));
-  const addr = (u: UnitServer) => ({ host, controlPort: u.controlPort, rdmaPort: u.rdmaPort });
-  const pmm = await PmmServer.start({ key: KEY, clients, host, port: 0, units: units.map(addr) });
+  const sys = await startSystem({ ...benchTarget('run it through scripts/bench.sh --profile'), label: 'profile', volume: 'p' });
   const out = path.resolve(__dirname, '..', '..', 'bench', 'results');
   fs.mkdirSync(out, { recursive: true });
   try {
-    const ctl = await ControlConnection.connect({ host, port: pmm.port });
-    await ctl.request('create-volume', { volume: 'p', primary: addr(units[0]!), mirror: addr(units[1]!), force: true }, { timeoutMs: 120_000 });
-    ctl.close();
     const session = new Session();
     session.connect();
     const post = <T>(m: string, p?: object): Promise<T> => new Promise((res, rej) => session.post(m, p ?? {}, (e, r) => (e ? rej(e) : res(r as T))));
     for (const busy of [false, true]) {
-      const c = await NpmuClient.attach({ pmm: { host, port: pmm.port }, client: 'bench', secret: 'bench-secret', volume: 'p', busyPoll: busy });
+      const c = await sys.attach({ busyPoll: busy });
       if (!busy) await c.createRegion('r', 1 << 20, 0n, { durable: true });
       const h = await c.openRegion('r');
       const buf = Buffer.alloc(64, 7);
@@ -119,8 +102,7 @@ async function main(): Promise<void> {
     }
     session.disconnect();
   } finally {
-    await pmm.close();
-    for (const u of units) await u.close();
+    await sys.close();
   }
 }
 

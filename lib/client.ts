@@ -271,6 +271,12 @@ interface WritePart {
 }
 
 const MAX_BATCH = 4096;
+/**
+ * Inline limit asked of the units' QPs (a device that cannot gets less): a
+ * write up to this size travels inside the work request, with no staging copy
+ * or registration — one log record of a KV commit (lib/log.ts) is ~150 bytes.
+ */
+const MAX_INLINE = 256;
 const MIRROR_MODES = Object.values(Mirror);
 const READ_MODES = Object.values(ReadFrom);
 
@@ -438,7 +444,7 @@ export class NpmuClient extends EventEmitter {
     if (!u.available) return;
     const ticket = Buffer.from(r.tickets[h], 'base64');
     try {
-      const ep = await verbs.connect({ host: u.host, port: u.rdmaPort, privateData: ticket, busyPoll, timeoutMs: 10_000 });
+      const ep = await verbs.connect({ host: u.host, port: u.rdmaPort, privateData: ticket, busyPoll, timeoutMs: 10_000, maxInline: MAX_INLINE });
       p.ep = ep;
       p.fenceWord = decodeAcceptInfo(ep.peerPrivateData);
       ep.onEvent = (ev) => this.#halfDown(h, ev.type === 'error' ? ev.error : new NpmuError('ERR_NPMU_DISCONNECTED', `the ${h} unit disconnected`));
@@ -696,7 +702,12 @@ export class NpmuClient extends EventEmitter {
     }
     if (outcome !== undefined) this.#writeFailed(plan, shape, outcome);
     if (shape.persist.length > 0) await Promise.all(shape.persist.map((x) => this.#persistParts(h, x, parts, shape.halves)));
-    return { bytes: total, halves: shape.halves.slice(), durable: shape.durable, durability: shape.durability, methods: { ...shape.methods } };
+    // Copies of the shape's frozen halves and methods, built by hand: slice() and spread of a frozen
+    // object take V8's slow paths (~0.4 µs a write natively, ~25x that under TCG).
+    const hs = shape.halves;
+    const methods: Partial<Record<Half, WriteMethod>> = {};
+    for (let i = 0; i < hs.length; i++) methods[hs[i]!] = shape.methods[hs[i]!];
+    return { bytes: total, halves: [...hs], durable: shape.durable, durability: shape.durability, methods };
   }
 
   /** The halves a write failed on (marked down unless the refusal was local); throws ERR_NPMU_HALF_UNAVAILABLE if any. */

@@ -35,20 +35,22 @@ const T: Uint32Array = (() => {
 })();
 
 /**
- * CRC-32C of `data`.
+ * CRC-32C of `data` (or of its bytes [start, end)).
  *
  * @param data bytes to checksum (any `Uint8Array`, including a `Buffer`).
  * @param seed a previous result to continue from (0 to start). Checksumming a
  *   message in pieces, each call seeded with the previous result, gives the
  *   same value as one call over the whole.
+ * @param start, end the range of `data` to checksum (default: all of it;
+ *   saves a `subarray` on hot paths). Not checked: callers pass a valid range.
  * @returns the checksum as an unsigned 32-bit number.
  */
-export function crc32c(data: Uint8Array, seed = 0): number {
+export function crc32c(data: Uint8Array, seed = 0, start = 0, end = data.length): number {
   let crc = ~seed >>> 0;
-  const len = data.length;
-  let i = 0;
+  const len = end;
+  let i = start;
   // Slicing-by-8 over the bulk of the input.
-  const end8 = len - (len % 8);
+  const end8 = len - ((len - start) % 8);
   while (i < end8) {
     const lo =
       (crc ^ (data[i]! | (data[i + 1]! << 8) | (data[i + 2]! << 16) | (data[i + 3]! << 24))) >>> 0;

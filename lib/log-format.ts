@@ -129,10 +129,10 @@ export function encodeFrame(dst: Buffer, at: number, lsn: bigint, payload: Uint8
   dst.writeUInt32LE(len, at);
   dst.writeUInt32LE(payload ? TYPE_RECORD : TYPE_WRAP, at + 4);
   dst.writeBigUInt64LE(lsn, at + 8);
-  let c = crc32c(dst.subarray(at, at + 16), seedOf(logId));
+  let c = crc32c(dst, seedOf(logId), at, at + 16);
   if (payload && len > 0) {
-    c = crc32c(payload, c);
     dst.set(payload, at + FRAME_HEADER);
+    c = crc32c(dst, c, at + FRAME_HEADER, at + FRAME_HEADER + len);
   }
   dst.writeUInt32LE(c, at + 16);
   dst.writeUInt32LE(0, at + 20);
@@ -168,8 +168,8 @@ export function judgeFrame(b: Buffer, at: number, off: number, dataSize: number,
   if (type !== TYPE_RECORD) return { kind: 'end', why: `frame type ${type}` };
   const size = frameSize(len);
   if (len > maxPayload(dataSize) || size > left) return { kind: 'end', why: `length ${len} does not fit` };
-  let c = crc32c(b.subarray(at, at + 16), seedOf(logId));
-  c = crc32c(b.subarray(at + FRAME_HEADER, at + FRAME_HEADER + len), c);
+  let c = crc32c(b, seedOf(logId), at, at + 16);
+  c = crc32c(b, c, at + FRAME_HEADER, at + FRAME_HEADER + len);
   if (c !== b.readUInt32LE(at + 16)) return { kind: 'end', why: 'record CRC' };
   return { kind: 'record', lsn, len, size };
 }

@@ -63,10 +63,13 @@ export interface LogStats {
   truncations: number;
 }
 
+/** A queued append: one record (append) or several (appendMany), acknowledged together. */
 interface Pending {
   recs: Uint8Array[];
-  lens: number[];
-  resolve: (lsns: bigint[]) => void;
+  /** framed bytes of recs */
+  bytes: number;
+  /** called with the first record's LSN once the write holding them is durable on both halves */
+  done: (first: bigint) => void;
   reject: (e: Error) => void;
 }
 
@@ -75,6 +78,8 @@ const DEFAULT_LEASE_MS = 5000;
 const DEFAULT_BATCH = 256 << 10;
 const READ_CHUNK = 1 << 20;
 const IMAGE_CHUNK = 16 << 20;
+/** The options of every log write: both halves, durable (frozen: the client checks it on every call). */
+const DURABLE_BOTH = Object.freeze({ mirror: Mirror.BOTH, durable: true });
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Lease word: bits 63..48 owner tag (≠ 0), 47..32 lease length in 10 ms units, 31..0 heartbeat counter. 0 = free. */
@@ -200,9 +205,20 @@ export class NpmuLog {
   }
 
   /** Appends one record; resolves with its LSN once it is durable on both halves. */
-  async append(record: Uint8Array): Promise<bigint> {
-    const [lsn] = await this.appendMany([record]);
-    return lsn!;
+  append(record: Uint8Array): Promise<bigint> {
+    // Not async, no array: one promise, settled by the flush (the hot path of a commit).
+    try {
+      if (!(record instanceof Uint8Array)) throw argTypeError('record', 'an instance of Uint8Array or Buffer', record);
+      const max = maxPayload(this.dataSize);
+      if (record.length > max) throw argRangeError('record.length', `at most ${max} bytes (the log's data area is ${this.dataSize} bytes)`, record.length);
+      this.#checkWritable();
+      return new Promise<bigint>((resolve, reject) => {
+        this.#queue.push({ recs: [record], bytes: frameSize(record.length), done: resolve, reject });
+        this.#kick();
+      });
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   /**
@@ -213,20 +229,20 @@ export class NpmuLog {
     try {
       if (!Array.isArray(records)) throw argTypeError('records', 'an Array of Uint8Array', records);
       if (records.length === 0) return Promise.resolve([]);
-      const lens: number[] = [];
       let total = 0;
       const max = maxPayload(this.dataSize);
       for (let i = 0; i < records.length; i++) {
         const r = records[i];
         if (!(r instanceof Uint8Array)) throw argTypeError(records.length === 1 ? 'record' : `records[${i}]`, 'an instance of Uint8Array or Buffer', r);
         if (r.length > max) throw argRangeError(records.length === 1 ? 'record.length' : `records[${i}].length`, `at most ${max} bytes (the log's data area is ${this.dataSize} bytes)`, r.length);
-        lens.push(r.length);
         total += frameSize(r.length);
       }
       if (total > this.dataSize - RESERVE - FRAME_HEADER) throw argRangeError('records', `at most ${this.dataSize - RESERVE - FRAME_HEADER} framed bytes in one call`, total);
       this.#checkWritable();
+      const recs = records.slice();
       return new Promise<bigint[]>((resolve, reject) => {
-        this.#queue.push({ recs: records.slice(), lens, resolve, reject });
+        const done = (first: bigint): void => resolve(recs.map((_, i) => first + BigInt(i)));
+        this.#queue.push({ recs, bytes: total, done, reject });
         this.#kick();
       });
     } catch (e) {
@@ -477,42 +493,18 @@ export class NpmuLog {
         for (const p of this.#queue.splice(0)) p.reject(err);
         return;
       }
-      // Take groups while they fit the batch limit (the first always) and the free space.
-      const batch: Pending[] = [];
-      let lens: number[] = [];
-      let plan: ReturnType<typeof planAppend> = null;
-      let bytes = 0;
-      while (this.#queue.length > 0) {
-        const g = this.#queue[0]!;
-        const gBytes = g.lens.reduce((a, n) => a + frameSize(n), 0);
-        if (batch.length > 0 && bytes + gBytes > this.maxBatchBytes) break;
-        const p = planAppend([...lens, ...g.lens], this.#tail, this.#used(), this.dataSize);
-        if (!p) {
-          if (batch.length === 0) {
-            this.#queue.shift();
-            g.reject(
-              new NpmuError('ERR_NPMU_LOG_FULL', `log ${this.handle.name} is full: ${g.lens.length} record(s) of ${gBytes} framed bytes do not fit in ${this.bytesFree} free bytes (truncate records that are safe elsewhere)`, {
-                bytesFree: this.bytesFree,
-              }),
-            );
-            continue;
-          }
-          break;
-        }
-        this.#queue.shift();
-        batch.push(g);
-        lens = [...lens, ...g.lens];
-        plan = p;
-        bytes += gBytes;
-      }
-      if (batch.length === 0 || !plan) continue;
+      const taken = this.#take();
+      if (!taken) continue;
+      const { batch, plan, recs } = taken;
       try {
-        await this.#ensureLease();
-        const lsns = await this.#write(batch, plan);
-        let k = 0;
+        // The lease check is synchronous while the lease is fresh (the common case): no promise hop.
+        if (this.#leaseLost || performance.now() >= this.#validUntil) await this.#ensureLease();
+        const first = this.#next;
+        await this.#write(recs, plan, first);
+        let lsn = first;
         for (const g of batch) {
-          g.resolve(lsns.slice(k, k + g.recs.length));
-          k += g.recs.length;
+          g.done(lsn);
+          lsn += BigInt(g.recs.length);
         }
       } catch (e) {
         // The write may have reached one half, both or neither: no append after it can be acknowledged
@@ -523,9 +515,53 @@ export class NpmuLog {
     }
   }
 
-  async #write(batch: Pending[], plan: NonNullable<ReturnType<typeof planAppend>>): Promise<bigint[]> {
-    const recs = batch.flatMap((g) => g.recs);
-    const first = this.#next;
+  /**
+   * Takes the next batch off the queue: groups in order while they fit the
+   * batch limit (the first always) and the free space. A first group that
+   * cannot fit at all is rejected (ERR_NPMU_LOG_FULL). null: nothing taken.
+   */
+  #take(): { batch: Pending[]; plan: NonNullable<ReturnType<typeof planAppend>>; recs: Uint8Array[] } | null {
+    const q = this.#queue;
+    // Fast path: the groups within the batch limit, planned at once (they nearly always fit).
+    let k = 0;
+    let bytes = 0;
+    while (k < q.length && (k === 0 || bytes + q[k]!.bytes <= this.maxBatchBytes)) bytes += q[k++]!.bytes;
+    const lens: number[] = [];
+    for (let i = 0; i < k; i++) for (const r of q[i]!.recs) lens.push(r.length);
+    let plan = planAppend(lens, this.#tail, this.#used(), this.dataSize);
+    if (!plan) {
+      // Not all of them fit the free space: as many whole groups as do (none: the first is refused).
+      lens.length = 0;
+      let fit = 0;
+      for (; fit < k; fit++) {
+        const g = q[fit]!;
+        for (const r of g.recs) lens.push(r.length);
+        const p = planAppend(lens, this.#tail, this.#used(), this.dataSize);
+        if (!p) break;
+        plan = p;
+      }
+      if (fit === 0) {
+        const g = q.shift()!;
+        g.reject(
+          new NpmuError('ERR_NPMU_LOG_FULL', `log ${this.handle.name} is full: ${g.recs.length} record(s) of ${g.bytes} framed bytes do not fit in ${this.bytesFree} free bytes (truncate records that are safe elsewhere)`, {
+            bytesFree: this.bytesFree,
+          }),
+        );
+        return null;
+      }
+      k = fit;
+    }
+    const batch = k === q.length ? q.splice(0) : q.splice(0, k);
+    let recs = batch[0]!.recs;
+    if (batch.length > 1) {
+      recs = [];
+      for (const g of batch) for (const r of g.recs) recs.push(r);
+    }
+    return { batch, plan: plan!, recs };
+  }
+
+  /** Frames `recs` (LSNs from `first`) into the staging buffer and writes them durably to both halves; then advances the tail. */
+  async #write(recs: Uint8Array[], plan: NonNullable<ReturnType<typeof planAppend>>, first: bigint): Promise<void> {
     // Frames in data-area order: span 1 from the tail (with the wrap frame, if any), span 2 from offset 0.
     const need = plan.consumed + FRAME_HEADER;
     let buf = this.#staging;
@@ -538,32 +574,33 @@ export class NpmuLog {
       }
     }
     const tail = this.#tail;
-    const items: Array<{ buf: Buffer; pointer: bigint }> = [];
-    let at = 0;
-    let spanStart = 0;
-    let spanOff = tail;
     const base = this.handle.basePointer + BigInt(HEADER_SIZE);
+    let at = 0;
+    let spanEnd = -1; // end of span 1 in buf, once the records wrapped to offset 0
+    let lsn = first;
     for (let i = 0; i < recs.length; i++) {
-      if (i === plan.wrapLsnIndex) at += encodeFrame(buf, at, first + BigInt(i), null, this.logId);
-      const off = plan.offs[i]!;
-      if (off !== spanOff + (at - spanStart)) {
-        // Not contiguous with the span so far: the record wrapped to offset 0.
-        if (at > spanStart) items.push({ buf: buf.subarray(spanStart, at), pointer: base + BigInt(spanOff) });
-        spanStart = at;
-        spanOff = off;
-      }
-      at += encodeFrame(buf, at, first + BigInt(i), recs[i]!, this.logId);
+      if (i === plan.wrapLsnIndex) at += encodeFrame(buf, at, lsn, null, this.logId);
+      // Not contiguous with the span so far: the record wrapped to offset 0.
+      if (spanEnd < 0 && plan.offs[i] !== tail + at) spanEnd = at;
+      at += encodeFrame(buf, at, lsn, recs[i]!, this.logId);
+      lsn++;
     }
-    if (at > spanStart) items.push({ buf: buf.subarray(spanStart, at), pointer: base + BigInt(spanOff) });
     this.#stats.writes++;
-    if (items.length === 1) await this.client.writeRegion(this.handle, items[0]!.buf, items[0]!.buf.length, items[0]!.pointer, { mirror: Mirror.BOTH, durable: true });
-    else await this.client.writeRegionBatch(this.handle, items, { mirror: Mirror.BOTH, durable: true });
+    if (spanEnd < 0 || spanEnd === 0) {
+      // One span (at the tail, or — everything wrapped — at offset 0).
+      await this.client.writeRegion(this.handle, buf, at, base + BigInt(spanEnd === 0 ? 0 : tail), DURABLE_BOTH);
+    } else {
+      const items = [
+        { buf: buf.subarray(0, spanEnd), pointer: base + BigInt(tail) },
+        { buf: buf.subarray(spanEnd, at), pointer: base },
+      ];
+      await this.client.writeRegionBatch(this.handle, items, DURABLE_BOTH);
+    }
     if (buf !== this.#staging) this.client.releaseBuffer(buf);
     for (const o of plan.offs) this.#offs.push(o);
     this.#tail = plan.newTail;
     this.#next = first + BigInt(recs.length);
     this.#stats.appends += recs.length;
-    return recs.map((_, i) => first + BigInt(i));
   }
 
   // ---- the writer lease (docs/log.md) ----------------------------------------------

@@ -305,9 +305,22 @@ bool EndpointRes::CreateQueues(Failure* f) {
   a.cap.max_send_sge = 1;
   a.cap.max_recv_sge = 1;
   a.cap.max_inline_data = opts_.maxInline;
-  if (rdma_create_qp(id_, pd_->pd, &a) != 0) {
-    *f = Failure::Errno(errno ? errno : EINVAL, "rdma_create_qp");
-    return false;
+  // maxInline is a request: a device that refuses it gets the QP with a smaller
+  // inline limit (halved down to 64, then 0) rather than no QP.
+  int qpErr = 0;
+  for (;;) {
+    if (rdma_create_qp(id_, pd_->pd, &a) == 0) break;
+    if (!qpErr) qpErr = errno ? errno : EINVAL;
+    uint32_t lower = a.cap.max_inline_data > 64 ? std::max<uint32_t>(64, a.cap.max_inline_data / 2) : 0;
+    if (a.cap.max_inline_data == 0) {
+      *f = Failure::Errno(qpErr, "rdma_create_qp");
+      return false;
+    }
+    a.cap.max_inline_data = lower;
+    a.cap.max_send_wr = opts_.sqDepth;  // the provider may have written the caps
+    a.cap.max_recv_wr = opts_.rqDepth;
+    a.cap.max_send_sge = 1;
+    a.cap.max_recv_sge = 1;
   }
   hasQp_ = true;
   maxInline_ = a.cap.max_inline_data;

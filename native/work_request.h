@@ -84,7 +84,9 @@ struct WrRecord {
   ibv_recv_wr rwr{};
   // An inline WRITE's bytes, copied at post time (the caller's memory may
   // change before a queued record reaches the QP).
-  static constexpr size_t kInline = 64;
+  // The most any endpoint sends inline from a Fanout's unregistered source
+  // (NpmuClient asks for 256: one log record of a commit fits).
+  static constexpr size_t kInline = 256;
   std::array<uint8_t, kInline> inl;
 };
 

@@ -71,3 +71,12 @@ t.test('a single flipped bit changes the checksum', async (t) => {
   }
   t.equal(same, 0);
 });
+
+t.test('a range [start, end) checksums the same as a subarray of it', async (t) => {
+  const data = Buffer.alloc(300);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 131 + 7) & 0xff;
+  let bad = 0;
+  for (let s = 0; s < 24; s++) for (let e = s; e <= data.length; e += 5) if (crc32c(data, 0x1234, s, e) !== crc32c(data.subarray(s, e), 0x1234)) bad++;
+  t.equal(bad, 0);
+  t.equal(crc32c(Buffer.from('xx123456789yy'), 0, 2, 11), 0xe3069283);
+});
