@@ -4,8 +4,9 @@
  *   kv-file     FileWal: write + fdatasync per commit, commits in turn
  *   kv-group    GroupCommitWal: the same files, group commit
  *   kv-npmu     NpmuWal: the npmu log (lib/log.ts) on two devdax units over
- *               rxe (needs NPMU_DAX_DEVICES and NPMU_RXE_ADDR; skipped, with a
- *               note, when this build has no lib/log.ts)
+ *               rxe, the client in event mode (needs NPMU_DAX_DEVICES and
+ *               NPMU_RXE_ADDR; skipped, with a note, when this build has no
+ *               lib/log.ts); kv-npmu-busy: the same in busy-poll mode
  * and beside it
  *   kv-sqlite   SQLite (better-sqlite3) in WAL mode with synchronous=FULL,
  *               one connection, an upsert per transaction
@@ -17,8 +18,8 @@
  * loop: N commits outstanding). Before the timed commits, a warm-up of at
  * least --warmup commits and --warmup-ms (default 1000 ms), then a garbage
  * collection when run with --expose-gc (bench/run.ts does): the same for every
- * WAL (see drive()). The npmu client polls its completions in busy-poll mode
- * (NPMU_BENCH_KV_MODE=event: event mode), the main thread pinned like the
+ * WAL (see drive()). The npmu log runs twice: kv-npmu with the client in event
+ * mode, kv-npmu-busy in busy-poll mode (see kvModes()), the main thread pinned like the
  * other Node benchmarks (NPMU_BENCH_CPU); the two units and the PMM run in
  * this process (bench/system.ts), idle during the loop (one-sided RDMA).
  * better-sqlite3 is synchronous, so its committers take turns on the event loop: a committer's t0 is taken before it
@@ -250,17 +251,32 @@ async function runNpmu(o: Options, emit: (r: object) => void): Promise<void> {
     return;
   }
   const sys = await startSystem({ ...target, label: 'bench-kv', persistDomain: 'cpu_cache' });
-  const busyPoll = process.env.NPMU_BENCH_KV_MODE !== 'event';
   try {
-    const client = await sys.attach({ busyPoll });
-    try {
-      await runWal(o, 'kv-npmu', (run) => NpmuWal.open(client, run, { size: 16 << 20 }), emit, { domain: 'cpu_cache', mode: busyPoll ? 'busy' : 'event' });
-    } finally {
-      await client.close();
+    for (const mode of kvModes()) {
+      const busyPoll = mode === 'busy';
+      const client = await sys.attach({ busyPoll });
+      try {
+        const impl = busyPoll ? 'kv-npmu-busy' : 'kv-npmu';
+        await runWal(o, impl, (run) => NpmuWal.open(client, run, { size: 16 << 20 }), emit, { domain: 'cpu_cache', mode });
+      } finally {
+        await client.close();
+      }
     }
   } finally {
     await sys.close();
   }
+}
+
+/**
+ * The npmu client's completion modes to run, in order (NPMU_BENCH_KV_MODE: a comma list of event, busy; default
+ * both). Event mode is the figure the targets are judged on (kv-npmu): a database server does not give its event
+ * loop to spinning, and on this test bed it is also the faster one for the log (busy-poll, kv-npmu-busy, is shown
+ * beside it).
+ */
+function kvModes(): ('event' | 'busy')[] {
+  const modes = (process.env.NPMU_BENCH_KV_MODE || 'event,busy').split(',');
+  for (const m of modes) if (m !== 'event' && m !== 'busy') throw new RangeError(`NPMU_BENCH_KV_MODE: bad mode '${m}' (event, busy)`);
+  return [...new Set(modes)] as ('event' | 'busy')[];
 }
 
 async function main(): Promise<void> {

@@ -135,6 +135,12 @@ async function main(): Promise<void> {
     const g16 = at('kv-group', 16);
     if (np1 && f1) out += `  commit p50, 1 committer: kv-file ÷ kv-npmu = ${(f1.p50_us / np1.p50_us).toFixed(1)}x (target ≥ 10x)\n`;
     if (np16 && g16) out += `  commits/s, 16 committers: kv-npmu ÷ kv-group = ${(np16.commits_per_s! / g16.commits_per_s!).toFixed(1)}x (target ≥ 5x)\n`;
+    const b1 = at('kv-npmu-busy', 1);
+    const b16 = at('kv-npmu-busy', 16);
+    const busy: string[] = [];
+    if (b1 && f1) busy.push(`kv-file ÷ kv-npmu-busy = ${(f1.p50_us / b1.p50_us).toFixed(1)}x commit p50 at 1 committer`);
+    if (b16 && g16) busy.push(`kv-npmu-busy ÷ kv-group = ${(b16.commits_per_s! / g16.commits_per_s!).toFixed(1)}x commits/s at 16`);
+    if (busy.length) out += `  (busy-poll: ${busy.join(', ')})\n`;
     if (!np1) out += '  (no kv-npmu results: the npmu log, lib/log.ts, was not in this build)\n';
   }
   process.stdout.write(out);

@@ -40,7 +40,7 @@ t.test('npm run bench -- --quick: every part runs, tables and plots come out', a
     t.ok(impls.has(impl), `results of ${impl}`);
   }
   t.ok([...impls].some((i) => i?.startsWith('disk')), 'results of the disk part');
-  for (const w of ['kv-file', 'kv-group', 'kv-sqlite', 'kv-npmu']) t.ok(impls.has(w), `results of ${w}`);
+  for (const w of ['kv-file', 'kv-group', 'kv-sqlite', 'kv-npmu', 'kv-npmu-busy']) t.ok(impls.has(w), `results of ${w}`);
   for (const f of plots) {
     const ok = fs.existsSync(f) && fs.readFileSync(f, 'utf8').includes('<svg');
     t.ok(ok, `plot ${path.basename(f)} written`);
