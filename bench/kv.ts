@@ -270,8 +270,7 @@ async function runNpmu(o: Options, emit: (r: object) => void): Promise<void> {
 /**
  * The npmu client's completion modes to run, in order (NPMU_BENCH_KV_MODE: a comma list of event, busy; default
  * both). Event mode is the figure the targets are judged on (kv-npmu): a database server does not give its event
- * loop to spinning, and on this test bed it is also the faster one for the log (busy-poll, kv-npmu-busy, is shown
- * beside it).
+ * loop to spinning. Busy-poll (kv-npmu-busy) is shown beside it; on this test bed neither is reliably the faster.
  */
 function kvModes(): ('event' | 'busy')[] {
   const modes = (process.env.NPMU_BENCH_KV_MODE || 'event,busy').split(',');

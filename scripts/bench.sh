@@ -21,6 +21,8 @@
 #   --quick   200 iterations after 20 warm-up (a smoke run; figures are noisier)
 #   --profile instead: where one durable mirrored write / one read spends its
 #             time (bench/profile.ts: V8's sampling profiler, by stage)
+#   --tail    instead: the tail of a durable mirrored write, p50..max, and the
+#             garbage collections under it (bench/tail.ts)
 # Output: the tables on stdout; JSON lines in bench/results/verbs-<UTC time>.json
 # (and verbs-latest.json), HdrHistogram logs in verbs-<UTC time>-hdr/, and
 # bench/results/{kv-commits,kv-latency-cdf,disk-latency-cdf}.svg + results-latest.json.
@@ -36,9 +38,16 @@ while (($#)); do
       exec scripts/rxe-vm.sh --timeout 1200 --nvdimm-persistence cpu \
         --nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem0:256M" --nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem1:256M" \
         -- node --expose-gc dist/bench/profile.js ;;
+    --tail)
+      [[ -f build/Release/npmu_native.node ]] || npx cmake-js compile >/dev/null
+      npx tsc -p tsconfig.json
+      export NPMU_BENCH_CPU=${NPMU_BENCH_CPU-0}
+      exec scripts/rxe-vm.sh --timeout 1200 --nvdimm-persistence cpu \
+        --nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem0:256M" --nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem1:256M" \
+        -- node --expose-gc dist/bench/tail.js ;;
     --quick) export NPMU_BENCH_ITERS=${NPMU_BENCH_ITERS:-200} NPMU_BENCH_WARMUP=${NPMU_BENCH_WARMUP:-20}; shift ;;
     --only) [[ -n ${2:-} ]] || { echo "bench: --only needs parts" >&2; exit 2; }; args[3]=$2; shift 2 ;;
-    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$1"); shift ;;
   esac
 done
