@@ -43,14 +43,19 @@
  *   atomic, not the READ: rxe defers every READ request to a softirq and the
  *   poster pays a context switch for it, docs/perf-read.md.)
  * - pmem units on a memory_controller (ADR) platform, or an unknown one —
- *   `'unit-flush'`: the same WRITE + fence (the fence proves placement: the
- *   persist request travels over TCP, not behind the WRITE on its QP), then
- *   `persist-range` to the unit over its control connection, which flushes
- *   the range from the CPU caches (pmem_persist) before it replies. rxe's
- *   responder copies with the CPU, so on ADR the bytes can sit in caches
- *   after the READ. (librpma calls flushing on the target GPSPM.)
- * - msync units (files) — `'msync'`: after the WRITE completes,
- *   `persist-range`; its reply means msync(MS_SYNC) is done.
+ *   `'unit-flush'`: the WRITE, then a persist request SENT right behind it on
+ *   the same reliable connection (lib/persist.ts; lib/protocol.ts:
+ *   PersistRequest): the unit's receive completes only after it executed the
+ *   WRITE, it flushes the range from the CPU caches (pmem_persist), then
+ *   replies. rxe's responder copies with the CPU, so on ADR placed bytes can
+ *   sit in caches until that flush. (librpma calls flushing on the target
+ *   GPSPM.) A unit that offers no persist slots in its accept is asked with
+ *   `persist-range` over its control connection instead, after a WRITE +
+ *   fence (the fence proves placement: that request travels apart from the
+ *   WRITE).
+ * - msync units (files) — `'msync'`: the same request (or, without persist
+ *   slots, `persist-range` after the WRITE completes); its reply means
+ *   msync(MS_SYNC) is done.
  * - volatile units (tmpfs) — `'none'`: nothing can make the data survive
  *   power loss; the result says `durable: false, durability: 'volatile'`.
  * Non-durable writes are a bare WRITE: method `'none'`.
@@ -61,6 +66,7 @@ import { ControlConnection, MAX_LIST, decodeAcceptInfo } from './protocol';
 import type { AcceptInfo, OkReply, ReplyBody } from './protocol';
 import * as verbs from './verbs';
 import { settleFairly } from './fair';
+import { RdmaPersister } from './persist';
 import type { Endpoint, MemoryRegion } from './verbs';
 import { AttrCache } from '../pmm/attrs';
 
@@ -212,7 +218,7 @@ export interface ReadResult {
 
 export type VolumeStatus = Omit<OkReply<'volume-status'>, 'v' | 'id' | 'type'>;
 
-/** A client's connection to one unit: RDMA for data, TCP for persist-range. */
+/** A client's connection to one unit: RDMA for data and persist requests (TCP persist-range for older units), TCP for control. */
 interface UnitPath {
   half: Half;
   unitId: string;
@@ -227,6 +233,8 @@ interface UnitPath {
   persistDomain: PersistDomain;
   /** The connection's fence word, from the unit's accept (older units offer none: fences are READs). */
   fenceWord: AcceptInfo | undefined;
+  /** Persist requests over the RDMA connection, if the unit's accept offers them (else persist-range over TCP). */
+  persister: RdmaPersister | undefined;
 }
 
 interface CachedRegistration {
@@ -261,6 +269,13 @@ interface WriteShape {
   methods: Partial<Record<Half, WriteMethod>>;
   /** halves whose unit is asked to persist after the post (msync, unit-flush) */
   persist: readonly Half[];
+  /**
+   * Every such half takes persist requests on its RDMA connection: the request
+   * is SENT right behind the WRITE on the same reliable connection (the unit's
+   * receive completes only after it executed the WRITE, so no fence is needed
+   * for those halves) instead of after the WRITE completed.
+   */
+  persistBehind: boolean;
 }
 
 /** One write of a batch: `n` bytes of `view` at region offset `off`. */
@@ -393,6 +408,7 @@ export class NpmuClient extends EventEmitter {
       usable: false,
       persistDomain: 'none',
       fenceWord: undefined,
+      persister: undefined,
       lastError: r.units[h].available ? null : new Error('the PMM reports this unit unavailable'),
     });
     this.#paths = { primary: path('primary'), mirror: path('mirror') };
@@ -447,6 +463,7 @@ export class NpmuClient extends EventEmitter {
       const ep = await verbs.connect({ host: u.host, port: u.rdmaPort, privateData: ticket, busyPoll, timeoutMs: 10_000, maxInline: MAX_INLINE });
       p.ep = ep;
       p.fenceWord = decodeAcceptInfo(ep.peerPrivateData);
+      if (p.fenceWord?.persistSlots) p.persister = new RdmaPersister(ep, p.fenceWord.persistSlots, this.#timeoutMs);
       ep.onEvent = (ev) => this.#halfDown(h, ev.type === 'error' ? ev.error : new NpmuError('ERR_NPMU_DISCONNECTED', `the ${h} unit disconnected`));
       const access = verbs.Access.LOCAL_WRITE;
       p.staging = verbs.registerMemory(ep.pd, this.#stagingBuf, { access });
@@ -687,21 +704,30 @@ export class NpmuClient extends EventEmitter {
     this.#inflight++;
     let releases: Array<() => void> | undefined;
     let outcome: verbs.FanoutOutcome;
+    let persisting: Promise<unknown> | undefined;
     try {
+      let posted: Promise<verbs.FanoutOutcome>;
       if (parts.length === 1 && total <= plan.maxInline) {
         // Small: the bytes travel inside the work request (no staging, no registration).
         const p = parts[0]!;
-        outcome = await plan.fan.write(p.view, 0, p.n, p.off, shape.mask, shape.fence);
+        posted = plan.fan.write(p.view, 0, p.n, p.off, shape.mask, shape.fence);
       } else {
         releases = [];
-        outcome = await this.#postParts(plan, parts, shape.mask, shape.fence, releases);
+        posted = this.#postParts(plan, parts, shape.mask, shape.fence, releases);
       }
+      if (shape.persistBehind) {
+        // Posted after the WRITEs on the same connections: the unit sees the request only after the data.
+        persisting = Promise.all(shape.persist.map((x) => this.#persistParts(h, x, parts, shape.halves)));
+        persisting.catch(() => undefined); // a failed WRITE is reported first
+      }
+      outcome = await posted;
     } finally {
       this.#inflight--;
       if (releases) for (const r of releases) r();
     }
     if (outcome !== undefined) this.#writeFailed(plan, shape, outcome);
-    if (shape.persist.length > 0) await Promise.all(shape.persist.map((x) => this.#persistParts(h, x, parts, shape.halves)));
+    if (persisting) await persisting;
+    else if (shape.persist.length > 0) await Promise.all(shape.persist.map((x) => this.#persistParts(h, x, parts, shape.halves)));
     // Copies of the shape's frozen halves and methods, built by hand: slice() and spread of a frozen
     // object take V8's slow paths (~0.4 µs a write natively, ~25x that under TCG).
     const hs = shape.halves;
@@ -742,14 +768,18 @@ export class NpmuClient extends EventEmitter {
       const modes = halves.map((x) => h[x].durability);
       durability = modes.includes('volatile') ? 'volatile' : modes.includes('msync') ? 'msync' : 'pmem';
     }
+    const persist = halves.filter((x) => methods[x] === 'msync' || methods[x] === 'unit-flush');
+    const behind = (x: Half): boolean => this.#paths[x].persister !== undefined;
     shape = {
       halves: Object.freeze(halves),
       mask,
-      fence: durable && halves.some((x) => methods[x] === 'read-after-write' || methods[x] === 'unit-flush'),
+      // A fence proves placement before a persist that travels apart from the WRITE (over TCP), or on eADR.
+      fence: durable && halves.some((x) => methods[x] === 'read-after-write' || (methods[x] === 'unit-flush' && !behind(x))),
       durable: durable && durability !== 'volatile',
       durability,
       methods: Object.freeze(methods),
-      persist: Object.freeze(halves.filter((x) => methods[x] === 'msync' || methods[x] === 'unit-flush')),
+      persist: Object.freeze(persist),
+      persistBehind: persist.length > 0 && persist.every(behind),
     };
     plan.shapes[key] = shape;
     return shape;
@@ -820,7 +850,9 @@ export class NpmuClient extends EventEmitter {
       if (p.off + BigInt(p.n) > hi) hi = p.off + BigInt(p.n);
     }
     try {
-      await this.#paths[x].ctl!.request('persist-range', { sessionId: this.sessionId, mapId: h[x].mapId, offset: Number(lo), length: Number(hi - lo) });
+      const p = this.#paths[x];
+      if (p.persister) await p.persister.persist(BigInt(h[x].mapId), lo, hi - lo);
+      else await p.ctl!.request('persist-range', { sessionId: this.sessionId, mapId: h[x].mapId, offset: Number(lo), length: Number(hi - lo) });
     } catch (e) {
       if ((e as NpmuError).code === 'ERR_NPMU_DISCONNECTED' || (e as NpmuError).code === 'ERR_NPMU_TIMEOUT') this.#halfDown(x, e as Error);
       throw new NpmuError('ERR_NPMU_PERSIST_FAILED', `the ${x} unit did not persist the write: ${(e as Error).message}`, { half: x, cause: e, written: halves.slice() });
@@ -1085,6 +1117,7 @@ export class NpmuClient extends EventEmitter {
       }
     }
     await Promise.all(HALVES.map((h) => this.#paths[h].ep?.close().catch(() => undefined)));
+    for (const h of HALVES) this.#paths[h].persister?.close();
     for (const mr of later) {
       try {
         mr.close();

@@ -1365,14 +1365,34 @@ export const ACCEPT_INFO_SIZE = 16;
 export interface AcceptInfo {
   fenceAddr: bigint;
   fenceRkey: number;
+  /**
+   * The unit serves persist requests over this RDMA connection (SEND / RECV,
+   * see PersistRequest) and keeps this many receives posted for them: the
+   * most a client may have in flight on the connection. Absent: persist over
+   * the control connection (`persist-range`).
+   */
+  persistSlots?: number;
 }
+
+/** Second block of the accept info (after the fence word's 16 bytes): "NPS1", slots u32. */
+export const PERSIST_INFO_MAGIC = 'NPS1';
+/** The most persist slots a unit may name (a client refuses a larger figure). */
+export const MAX_PERSIST_SLOTS = 64;
 
 export function encodeAcceptInfo(i: AcceptInfo): Buffer {
   if (i.fenceAddr % 8n !== 0n) throw new RangeError('the fence word must be 8-byte aligned');
-  const b = Buffer.alloc(ACCEPT_INFO_SIZE);
+  const slots = i.persistSlots;
+  if (slots !== undefined && (!Number.isInteger(slots) || slots < 1 || slots > MAX_PERSIST_SLOTS)) {
+    throw new RangeError(`persistSlots must be an integer in [1, ${MAX_PERSIST_SLOTS}]`);
+  }
+  const b = Buffer.alloc(slots === undefined ? ACCEPT_INFO_SIZE : ACCEPT_INFO_SIZE + 8);
   b.write(ACCEPT_INFO_MAGIC, 0, 'latin1');
   b.writeUInt32LE(i.fenceRkey >>> 0, 4);
   b.writeBigUInt64LE(i.fenceAddr, 8);
+  if (slots !== undefined) {
+    b.write(PERSIST_INFO_MAGIC, ACCEPT_INFO_SIZE, 'latin1');
+    b.writeUInt32LE(slots, ACCEPT_INFO_SIZE + 4);
+  }
   return b;
 }
 
@@ -1383,5 +1403,101 @@ export function decodeAcceptInfo(data: Uint8Array | null | undefined): AcceptInf
   if (b.toString('latin1', 0, 4) !== ACCEPT_INFO_MAGIC) return undefined;
   const fenceAddr = b.readBigUInt64LE(8);
   if (fenceAddr % 8n !== 0n || fenceAddr === 0n) return undefined;
-  return { fenceRkey: b.readUInt32LE(4), fenceAddr };
+  const info: AcceptInfo = { fenceRkey: b.readUInt32LE(4), fenceAddr };
+  // An older unit sends the fence block alone (the rest is the CM's zero padding).
+  if (b.length >= ACCEPT_INFO_SIZE + 8 && b.toString('latin1', ACCEPT_INFO_SIZE, ACCEPT_INFO_SIZE + 4) === PERSIST_INFO_MAGIC) {
+    const slots = b.readUInt32LE(ACCEPT_INFO_SIZE + 4);
+    if (slots >= 1 && slots <= MAX_PERSIST_SLOTS) info.persistSlots = slots;
+  }
+  return info;
+}
+
+// ---- persist requests over the RDMA connection (client <-> unit) -----------
+
+/**
+ * On a platform whose CPU caches are not persistent (ADR) or on a file-backed
+ * unit, a durable write ends with the unit flushing the written range
+ * (`pmem_persist`, or msync). Instead of the control connection's JSON
+ * `persist-range`, a client may ask on the RDMA connection itself, as
+ * librpma's GPSPM does: it SENDs a PersistRequest; the unit, whose RECV
+ * completes only after the WRITEs posted before the SEND on that reliable
+ * connection were executed, persists the range of that mapping of the
+ * connection's own session and SENDs a PersistReply. Binary, little-endian:
+ *
+ *   request (32 bytes): "NPP1", seq u32, mapId u64, offset u64, length u64
+ *   reply   (16 bytes): "NPR1", seq u32, status u16, method u8, 0 u8, 0 u32
+ *
+ * `seq` is the client's, echoed. `status` 0 is success, with `method` 1
+ * (pmem: flushed from the CPU caches) or 2 (msync); otherwise an index in
+ * PERSIST_STATUS, the error's stable code. A request that is not 32 bytes
+ * with the magic is answered ERR_NPMU_PROTO_MALFORMED (seq 0 if unreadable).
+ */
+export const PERSIST_REQUEST_SIZE = 32;
+export const PERSIST_REPLY_SIZE = 16;
+export const PERSIST_REQUEST_MAGIC = 'NPP1';
+export const PERSIST_REPLY_MAGIC = 'NPR1';
+/** Reply statuses: 0 is success; the rest are error codes, in this order forever (append only). */
+export const PERSIST_STATUS = [
+  'ok',
+  'ERR_NPMU_PROTO_MALFORMED',
+  'ERR_NPMU_NO_SESSION',
+  'ERR_NPMU_NO_MAPPING',
+  'ERR_NPMU_BAD_RANGE',
+  'ERR_NPMU_INTERNAL',
+] as const;
+
+export interface PersistRequest {
+  seq: number;
+  mapId: bigint;
+  offset: bigint;
+  length: bigint;
+}
+
+export interface PersistReply {
+  seq: number;
+  /** 'ok' or an ERR_NPMU_* code */
+  status: (typeof PERSIST_STATUS)[number];
+  method?: 'pmem' | 'msync';
+}
+
+export function encodePersistRequest(r: PersistRequest, into: Buffer, at = 0): void {
+  into.write(PERSIST_REQUEST_MAGIC, at, 'latin1');
+  into.writeUInt32LE(r.seq >>> 0, at + 4);
+  into.writeBigUInt64LE(r.mapId, at + 8);
+  into.writeBigUInt64LE(r.offset, at + 16);
+  into.writeBigUInt64LE(r.length, at + 24);
+}
+
+/** The request in `b[at, at + n)`, or undefined if it is not one (wrong size or magic). */
+export function decodePersistRequest(b: Buffer, at: number, n: number): PersistRequest | undefined {
+  if (n !== PERSIST_REQUEST_SIZE || b.toString('latin1', at, at + 4) !== PERSIST_REQUEST_MAGIC) return undefined;
+  return { seq: b.readUInt32LE(at + 4), mapId: b.readBigUInt64LE(at + 8), offset: b.readBigUInt64LE(at + 16), length: b.readBigUInt64LE(at + 24) };
+}
+
+export function encodePersistReply(r: PersistReply, into: Buffer, at = 0): void {
+  into.fill(0, at, at + PERSIST_REPLY_SIZE);
+  into.write(PERSIST_REPLY_MAGIC, at, 'latin1');
+  into.writeUInt32LE(r.seq >>> 0, at + 4);
+  const status = PERSIST_STATUS.indexOf(r.status);
+  into.writeUInt16LE(status < 0 ? PERSIST_STATUS.indexOf('ERR_NPMU_INTERNAL') : status, at + 8);
+  into.writeUInt8(r.status === 'ok' ? (r.method === 'msync' ? 2 : 1) : 0, at + 10);
+}
+
+/** The reply in `b[at, at + n)`, or undefined if it is not one (wrong size, magic, status or method). */
+export function decodePersistReply(b: Buffer, at: number, n: number): PersistReply | undefined {
+  if (n !== PERSIST_REPLY_SIZE || b.toString('latin1', at, at + 4) !== PERSIST_REPLY_MAGIC) return undefined;
+  const status = PERSIST_STATUS[b.readUInt16LE(at + 8)];
+  if (status === undefined) return undefined;
+  const seq = b.readUInt32LE(at + 4);
+  if (status !== 'ok') return { seq, status };
+  const m = b.readUInt8(at + 10);
+  if (m !== 1 && m !== 2) return undefined;
+  return { seq, status, method: m === 1 ? 'pmem' : 'msync' };
+}
+
+/** The PERSIST_STATUS a unit answers for an error (ERR_NPMU_INTERNAL for any code not in the table). */
+export function persistStatusOf(err: unknown): (typeof PERSIST_STATUS)[number] {
+  const code = (err as { code?: unknown } | null)?.code;
+  const i = PERSIST_STATUS.indexOf(code as (typeof PERSIST_STATUS)[number]);
+  return i > 0 ? PERSIST_STATUS[i]! : 'ERR_NPMU_INTERNAL';
 }

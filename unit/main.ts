@@ -34,6 +34,8 @@ const USAGE = `usage:
       --key-file FILE      key shared with the PMM (64 hex digits, mode 0600; created if missing)
       --persist-domain D   the platform's persistence domain, cpu_cache | memory_controller | none,
                            overriding sysfs (devdax only; default: the nd region's persistence_domain)
+      --persist-slots N    persist requests over each client's RDMA connection: N receives posted
+                           (0-64, default 16; 0: clients persist over the control connection)
       --shadow             TEST-ONLY: serve RDMA from a DRAM shadow of the data pages and write a
                            range to the device only when it is persisted (devdax only; ignored
                            on cpu_cache). Unflushed bytes are lost on a power cut or a restart
@@ -59,6 +61,7 @@ const OPTIONS = {
   'rdma-device': { type: 'string' },
   'key-file': { type: 'string' },
   'persist-domain': { type: 'string' },
+  'persist-slots': { type: 'string' },
   shadow: { type: 'boolean' },
   json: { type: 'boolean' },
   quiet: { type: 'boolean' },
@@ -107,6 +110,10 @@ async function serveCommand(v: Values): Promise<void> {
   if (persistDomain !== undefined && !(PERSIST_DOMAINS as readonly string[]).includes(persistDomain)) {
     throw new UsageError(`--persist-domain: must be one of ${PERSIST_DOMAINS.join(', ')}, not ${persistDomain}`);
   }
+  const slots = v['persist-slots'];
+  if (slots !== undefined && !/^\d{1,2}$/.test(slots)) throw new UsageError(`--persist-slots: must be an integer in [0, 64], not ${slots}`);
+  const persistSlots = slots === undefined ? undefined : Number(slots);
+  if (persistSlots !== undefined && persistSlots > 64) throw new UsageError(`--persist-slots: must be an integer in [0, 64], not ${slots}`);
   const device = openDevice(v, v.format === true);
   let server: UnitServer;
   try {
@@ -120,6 +127,7 @@ async function serveCommand(v: Values): Promise<void> {
       log,
       persistDomain: persistDomain as PersistDomain | undefined,
       shadow: v.shadow,
+      persistSlots,
     });
   } catch (err) {
     device.close();

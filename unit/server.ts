@@ -50,8 +50,21 @@ import * as net from 'node:net';
 import { NpmuError, argTypeError, argValueError } from '../lib/errors';
 import { Access, firstActiveDevice, listen, mapExtents, newProtectionDomain, openContext, registerMemory } from '../lib/verbs';
 import type { ConnectionRequest, Context, Endpoint, Extent, Listener, Mapping, MemoryRegion, ProtectionDomainHandle } from '../lib/verbs';
-import { MAX_LIST, decodeBytes, encodeAcceptInfo, parseU64, serve, typesServedBy } from '../lib/protocol';
-import type { MessageType, ReplyInput, Request, RequestBody, ServerConnection } from '../lib/protocol';
+import {
+  MAX_LIST,
+  MAX_PERSIST_SLOTS,
+  PERSIST_REPLY_SIZE,
+  PERSIST_REQUEST_SIZE,
+  decodeBytes,
+  decodePersistRequest,
+  encodeAcceptInfo,
+  encodePersistReply,
+  parseU64,
+  persistStatusOf,
+  serve,
+  typesServedBy,
+} from '../lib/protocol';
+import type { MessageType, PersistReply, ReplyInput, Request, RequestBody, ServerConnection } from '../lib/protocol';
 import { KEY_SIZE, TICKET_SIZE, verifyTicket } from '../lib/ticket';
 import type { TicketKind } from '../lib/ticket';
 import { PERSIST_DOMAINS } from './device';
@@ -89,6 +102,13 @@ export interface UnitServerOptions {
   shadow?: boolean;
   /** Directory of the shadow file. Default /dev/shm, else the temp dir. */
   shadowDir?: string;
+  /**
+   * Persist requests over each client's RDMA connection (lib/protocol.ts:
+   * PersistRequest): this many receives posted per connection, the most a
+   * client may have in flight. Default PERSIST_SLOTS (16); 0: none (clients
+   * persist over the control connection, as with units before this option).
+   */
+  persistSlots?: number;
   /** Diagnostics (admissions, rejections, teardowns). Default: none. */
   log?: (line: string) => void;
 }
@@ -115,7 +135,13 @@ interface Session {
   mappings: Map<string, UnitMapping>;
   /** The connection's fence word (lib/protocol.ts: AcceptInfo), in its PD only. */
   fence: MemoryRegion | undefined;
+  /** Persist requests over RDMA (lib/protocol.ts: PersistRequest): PERSIST_SLOTS requests, then as many replies. */
+  persistBuf: Buffer;
+  persistMr: MemoryRegion | undefined;
 }
+
+/** Receives a unit keeps posted on each client connection for persist requests, by default (AcceptInfo.persistSlots). */
+export const PERSIST_SLOTS = 16;
 
 /** What `info` returns (the protocol's info reply). */
 export type UnitInfo = ReplyInput<'info'> & { durability: Durability; persistDomain: PersistDomain; shadow: boolean };
@@ -149,11 +175,14 @@ export class UnitServer extends EventEmitter {
   #sessions = new Map<string, Session>();
   #controls = new Set<ServerConnection>();
   #usedPages = 0;
+  #persistServed = 0;
+  #persistSlots: number;
   #closing: Promise<void> | undefined;
 
   private constructor(opts: UnitServerOptions, ctx: Context, listener: Listener, tcp: net.Server, shadow: DataShadow | undefined) {
     super();
     this.#opts = opts;
+    this.#persistSlots = opts.persistSlots ?? PERSIST_SLOTS;
     this.device = opts.device;
     this.persistDomain = opts.persistDomain ?? opts.device.persistDomain;
     this.#shadow = shadow;
@@ -188,6 +217,10 @@ export class UnitServer extends EventEmitter {
     if (opts.shadow !== undefined && typeof opts.shadow !== 'boolean') throw argTypeError('shadow', 'of type boolean', opts.shadow);
     if (opts.shadow && device.kind !== 'devdax') throw argValueError('shadow', `applies to devdax devices only, not a ${device.kind} device`, opts.shadow);
     if (opts.shadowDir !== undefined && (typeof opts.shadowDir !== 'string' || opts.shadowDir === '')) throw argTypeError('shadowDir', 'a non-empty string', opts.shadowDir);
+    const ps = opts.persistSlots;
+    if (ps !== undefined && (!Number.isInteger(ps) || ps < 0 || ps > MAX_PERSIST_SLOTS)) {
+      throw argValueError('persistSlots', `must be an integer in [0, ${MAX_PERSIST_SLOTS}]`, ps);
+    }
     const domain = opts.persistDomain ?? device.persistDomain;
     if (opts.shadow && domain === 'cpu_cache') opts.log?.('shadow: not used on a cpu_cache platform (placement is persistence): serving the device');
     const name = opts.rdmaDevice ?? firstActiveDevice();
@@ -291,13 +324,23 @@ export class UnitServer extends EventEmitter {
       connectedAtMs: Date.now(),
       mappings: new Map(),
       fence: undefined,
+      persistBuf: Buffer.alloc(this.#persistSlots * (PERSIST_REQUEST_SIZE + PERSIST_REPLY_SIZE)),
+      persistMr: undefined,
     };
     let accepted: Promise<Endpoint>;
     try {
       // The fence word: atomics of this connection only (it is in this PD alone), never data.
       s.fence = registerMemory(pd, Buffer.alloc(64), { access: Access.LOCAL_WRITE | Access.REMOTE_ATOMIC });
       const fenceAddr = (s.fence.iova + 7n) & ~7n;
-      accepted = req.accept({ pd, sqDepth: 4, rqDepth: 4, privateData: encodeAcceptInfo({ fenceAddr, fenceRkey: s.fence.rkey }) });
+      const slots = this.#persistSlots;
+      // Persist requests land here (local access only: the client SENDs, it cannot WRITE them).
+      if (slots > 0) s.persistMr = registerMemory(pd, s.persistBuf, { access: Access.LOCAL_WRITE });
+      accepted = req.accept({
+        pd,
+        sqDepth: Math.max(4, slots),
+        rqDepth: Math.max(4, slots),
+        privateData: encodeAcceptInfo({ fenceAddr, fenceRkey: s.fence.rkey, ...(slots > 0 ? { persistSlots: slots } : {}) }),
+      });
     } catch (err) {
       this.#closePd(s);
       throw err;
@@ -318,6 +361,7 @@ export class UnitServer extends EventEmitter {
           void this.#teardown(s, `connection ${ep.state} at once`);
           return;
         }
+        for (let slot = 0; slot < this.#persistSlots; slot++) this.#awaitPersist(s, slot);
         this.#log(`session ${sessionId} connected from ${s.remoteAddress}`);
         this.emit('session', sessionId);
       },
@@ -325,6 +369,54 @@ export class UnitServer extends EventEmitter {
         void this.#teardown(s, `accept failed: ${err.message}`);
       },
     );
+  }
+
+  // ---- persist requests over RDMA (lib/protocol.ts: PersistRequest) -------
+
+  /** Posts the receive of `slot`; its request is answered, then the receive posted again. */
+  #awaitPersist(s: Session, slot: number): void {
+    const ep = s.ep;
+    if (!ep || !s.persistMr || s.state !== 'connected') return;
+    ep.recv(s.persistMr, slot * PERSIST_REQUEST_SIZE, PERSIST_REQUEST_SIZE).then(
+      (n) =>
+        this.#answerPersist(s, slot, n).catch((err: unknown) => {
+          this.#log(`session ${s.sessionId}: persist reply: ${(err as Error).message}`);
+        }),
+      () => undefined, // flushed: the connection is going
+    );
+  }
+
+  async #answerPersist(s: Session, slot: number, n: number): Promise<void> {
+    const b = s.persistBuf;
+    const at = slot * PERSIST_REQUEST_SIZE;
+    const req = decodePersistRequest(b, at, n);
+    let reply: PersistReply;
+    if (!req) {
+      reply = { seq: n >= 8 ? b.readUInt32LE(at + 4) : 0, status: 'ERR_NPMU_PROTO_MALFORMED' };
+    } else {
+      try {
+        const max = BigInt(Number.MAX_SAFE_INTEGER);
+        if (req.length === 0n || req.offset > max || req.length > max) {
+          throw new NpmuError('ERR_NPMU_BAD_RANGE', `[${req.offset}, +${req.length}) is not a range to persist`);
+        }
+        const method = this.persistRange(s.sessionId, req.mapId.toString(), Number(req.offset), Number(req.length));
+        reply = { seq: req.seq, status: 'ok', method };
+      } catch (err) {
+        reply = { seq: req.seq, status: persistStatusOf(err) };
+        if (reply.status === 'ERR_NPMU_INTERNAL') this.#log(`session ${s.sessionId}: persist over RDMA failed: ${(err as Error).message}`);
+      }
+    }
+    const ep = s.ep;
+    if (!ep || !s.persistMr || s.state !== 'connected') return;
+    const rat = this.#persistSlots * PERSIST_REQUEST_SIZE + slot * PERSIST_REPLY_SIZE;
+    encodePersistReply(reply, b, rat);
+    try {
+      await ep.send(s.persistMr, rat, PERSIST_REPLY_SIZE);
+    } catch {
+      return; // the connection is going: no more requests on it
+    }
+    this.#persistServed++;
+    this.#awaitPersist(s, slot);
   }
 
   /** Removes every mapping of the session at once (rkeys dead), then the endpoint and the PD. */
@@ -349,6 +441,11 @@ export class UnitServer extends EventEmitter {
   }
 
   #closePd(s: Session): void {
+    try {
+      s.persistMr?.close();
+    } catch (err) {
+      this.#log(`session ${s.sessionId}: persist buffer close: ${(err as Error).message}`);
+    }
     try {
       s.fence?.close();
     } catch (err) {
@@ -632,6 +729,11 @@ export class UnitServer extends EventEmitter {
       connectedAtMs: s.connectedAtMs,
       mapIds: [...s.mappings.keys()],
     }));
+  }
+
+  /** Persist requests answered over RDMA (SEND / RECV) since the unit started, errors included. */
+  get persistServed(): number {
+    return this.#persistServed;
   }
 
   /** Control connections open now (authenticated or not). */

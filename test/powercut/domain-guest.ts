@@ -62,7 +62,11 @@ async function write(domain: string, token: string): Promise<void> {
     const ok = durable ? w.durable && w.methods.primary === want && w.methods.mirror === want : !w.durable && w.methods.primary === 'none';
     if (!ok) throw new Error(`slot ${slot}: unexpected result ${JSON.stringify(w)}`);
   }
-  console.log(`METHOD ${want}`);
+  // On ADR every durable write asked each half's unit to persist over RDMA (lib/persist.ts), not over TCP.
+  const served = u.reduce((n, x) => n + x.persistServed, 0);
+  const expected = domain === 'cpu_cache' ? 0 : RECORDS; // RECORDS / 2 durable writes, two halves each
+  if (served !== expected) throw new Error(`the units answered ${served} persist requests over RDMA, expected ${expected}`);
+  console.log(`METHOD ${want} PERSIST_OVER_RDMA ${served}`);
   // A figure, not a check: 64-byte writes to both halves, durable (by the domain's method) and not.
   const p50 = async (durable: boolean): Promise<number> => {
     const us: number[] = [];

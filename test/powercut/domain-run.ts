@@ -4,7 +4,7 @@
  * a persist writes the device, so a power cut loses exactly what was never
  * flushed), a PMM and a client (test/powercut/domain-guest.ts).
  *
- * (a) mem-ctrl (ADR): durable writes must be unit-flushed (persist-range);
+ * (a) mem-ctrl (ADR): durable writes must be unit-flushed (a persist request over RDMA);
  *     after `kill -9` of qemu and a second boot every durable record is on
  *     both halves and NO non-durable one is — the proof that the shadow loses
  *     unflushed bytes, so a client that skipped the flush would fail here.

@@ -50,10 +50,10 @@ export function shmPath(): string {
 }
 
 /** A unit served by this process on `device` (formatted afresh). */
-export async function unitInProcess(device: string, size = 32 * MiB): Promise<TestUnit> {
+export async function unitInProcess(device: string, size = 32 * MiB, extra: { persistSlots?: number } = {}): Promise<TestUnit> {
   const isDax = device.startsWith('/dev/dax');
   const dev = UnitDevice.open(device, { ...(isDax ? {} : { create: { size } }), format: { label: path.basename(device) }, force: true });
-  const server = await UnitServer.start({ device: dev, key: KEY, host: rdmaAddress(), rdmaDevice: deviceName() });
+  const server = await UnitServer.start({ device: dev, key: KEY, host: rdmaAddress(), rdmaDevice: deviceName(), ...extra });
   return {
     unitId: server.unitId,
     address: { host: server.host, controlPort: server.controlPort, rdmaPort: server.rdmaPort },

@@ -268,41 +268,60 @@ t.test('durability is reported honestly: not asked, per region, and volatile uni
   }
 });
 
-t.test('msync units (files on ext4): a durable write ends with persist-range to each half', async (t) => {
-  const d = fileDir();
-  const p = await unitInProcess(path.join(d, `p-${process.pid}`), 32 * MiB);
-  const m = await unitInProcess(path.join(d, `m-${process.pid}`), 32 * MiB);
-  const calls: string[] = [];
-  for (const [name, u] of [['primary', p], ['mirror', m]] as const) {
-    const s = u.server!;
-    const orig = s.persistRange.bind(s);
-    s.persistRange = (sessionId, mapId, offset, length) => {
-      calls.push(`${name} ${offset}+${length}`);
-      return orig(sessionId, mapId, offset, length);
-    };
-  }
-  const vol = await startSystem({ primary: p, mirror: m });
-  try {
-    const c = await vol.attach('carol');
-    await c.createRegion('f', 100_000, 0x10000n);
-    const h = await c.openRegion('f');
-    t.equal(h.primary.durability, 'msync');
-    const data = Buffer.from('made durable by msync on both halves');
-    const r = await c.writeRegion(h, data, data.length, 0x10000n + 5000n);
-    t.same(r, { bytes: data.length, halves: ['primary', 'mirror'], durable: true, durability: 'msync', methods: { primary: 'msync', mirror: 'msync' } });
-    t.same(calls.sort(), [`mirror 5000+${data.length}`, `primary 5000+${data.length}`], 'persist-range asked of each half, at the offset in the mapping');
-    calls.length = 0;
-    t.equal((await c.writeRegion(h, data, data.length, 0x10000n, { durable: false })).durability, 'none');
-    t.same(calls, [], 'no persist for a non-durable write');
-    const back = Buffer.alloc(data.length);
-    await c.readRegion(h, back, back.length, 0x10000n + 5000n, { mirror: ReadFrom.MIRROR });
-    t.equal(back.toString(), data.toString());
-    t.equal((await c.readAttributes('f')).getAttrString('durability'), 'msync');
-    await c.closeRegion(h);
-  } finally {
-    await vol.close();
-  }
-});
+for (const persistSlots of [16, 0]) {
+  const how = persistSlots ? 'a persist request over RDMA' : 'persist-range over the control connection (the units offer no persist slots)';
+  t.test(`msync units (files on ext4): a durable write ends with ${how} to each half`, async (t) => {
+    const d = fileDir();
+    const p = await unitInProcess(path.join(d, `p${persistSlots}-${process.pid}`), 32 * MiB, { persistSlots });
+    const m = await unitInProcess(path.join(d, `m${persistSlots}-${process.pid}`), 32 * MiB, { persistSlots });
+    const calls: string[] = [];
+    for (const [name, u] of [['primary', p], ['mirror', m]] as const) {
+      const s = u.server!;
+      const orig = s.persistRange.bind(s);
+      s.persistRange = (sessionId, mapId, offset, length) => {
+        calls.push(`${name} ${offset}+${length}`);
+        return orig(sessionId, mapId, offset, length);
+      };
+    }
+    const served = (): number => p.server!.persistServed + m.server!.persistServed;
+    const vol = await startSystem({ primary: p, mirror: m });
+    try {
+      const c = await vol.attach('carol');
+      await c.createRegion('f', 100_000, 0x10000n);
+      const h = await c.openRegion('f');
+      t.equal(h.primary.durability, 'msync');
+      const data = Buffer.from('made durable by msync on both halves');
+      const r = await c.writeRegion(h, data, data.length, 0x10000n + 5000n);
+      t.same(r, { bytes: data.length, halves: ['primary', 'mirror'], durable: true, durability: 'msync', methods: { primary: 'msync', mirror: 'msync' } });
+      t.same(calls.sort(), [`mirror 5000+${data.length}`, `primary 5000+${data.length}`], 'persist asked of each half, at the offset in the mapping');
+      t.equal(served(), persistSlots ? 2 : 0, persistSlots ? 'over RDMA' : 'not over RDMA');
+      calls.length = 0;
+      t.equal((await c.writeRegion(h, data, data.length, 0x10000n, { durable: false })).durability, 'none');
+      t.same(calls, [], 'no persist for a non-durable write');
+      // Many in flight: more than the units' persist slots; a large (registered) write; a batch.
+      const many = Array.from({ length: 40 }, (_, i) => Buffer.alloc(100, i + 1));
+      await Promise.all(many.map((b, i) => c.writeRegion(h, b, 100, 0x10000n + 20_000n + BigInt(i * 100))));
+      const big = pattern(60_000, 5);
+      await c.writeRegion(h, big, big.length, 0x10000n + 30_000n);
+      await c.writeRegionBatch(h, [{ buf: data, pointer: 0x10000n + 90_000n }, { buf: data, pointer: 0x10000n + 95_000n }], { durable: true });
+      t.equal(calls.length, 2 * (40 + 1 + 1), 'one persist per half per write (and per batch)');
+      t.equal(served(), persistSlots ? 2 + calls.length : 0);
+      const back = Buffer.alloc(4000);
+      await c.readRegion(h, back, back.length, 0x10000n + 20_000n, { mirror: ReadFrom.MIRROR });
+      t.ok(back.equals(Buffer.concat(many)), 'the 40 writes, read back from the mirror');
+      const bigBack = Buffer.alloc(big.length);
+      await c.readRegion(h, bigBack, bigBack.length, 0x10000n + 30_000n, { mirror: ReadFrom.PRIMARY });
+      t.ok(bigBack.equals(big));
+      const back1 = Buffer.alloc(data.length);
+      await c.readRegion(h, back1, back1.length, 0x10000n + 5000n, { mirror: ReadFrom.MIRROR });
+      t.equal(back1.toString(), data.toString());
+      t.equal((await c.readAttributes('f')).getAttrString('durability'), 'msync');
+      await c.closeRegion(h);
+    } finally {
+      await vol.close();
+    }
+  });
+}
 
 t.test('a client process killed with regions open has them closed by the PMM ([0085])', async (t) => {
   const opensBefore = sys.pmm.openCount;

@@ -8,12 +8,20 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import t, { Test } from 'tap';
-import { ControlConnection, encodeFrame } from '../../lib/protocol';
+import {
+  ControlConnection,
+  PERSIST_REQUEST_SIZE,
+  decodeAcceptInfo,
+  decodePersistReply,
+  encodeFrame,
+  encodePersistRequest,
+} from '../../lib/protocol';
+import type { PersistReply, PersistRequest } from '../../lib/protocol';
 import { issueTicket } from '../../lib/ticket';
 import { Access, mapFile, native, registerMemory } from '../../lib/verbs';
 import type { Endpoint } from '../../lib/verbs';
 import { UnitDevice } from '../../unit/device';
-import { UnitServer } from '../../unit/server';
+import { PERSIST_SLOTS, UnitServer } from '../../unit/server';
 import { daxAlignment, requireDax, deviceName, rdmaAddress, regAll } from './fixture';
 import {
   UnitAddress,
@@ -80,6 +88,26 @@ async function rdma(ep: Endpoint, op: 'write' | 'read', buf: Buffer, iova: bigin
   const mr = regAll(ep.pd, buf);
   try {
     await ep[op](mr, 0, buf.length, iova, rkey);
+  } finally {
+    mr.close();
+  }
+}
+
+/** A persist request SENT on the connection (or raw bytes), and the unit's reply. */
+async function persistOverRdma(ep: Endpoint, req: PersistRequest | Buffer): Promise<PersistReply | undefined> {
+  const buf = Buffer.alloc(128);
+  const mr = regAll(ep.pd, buf);
+  try {
+    let n = PERSIST_REQUEST_SIZE;
+    if (Buffer.isBuffer(req)) n = req.copy(buf, 0);
+    else encodePersistRequest(req, buf, 0);
+    const reply = ep.recv(mr, 96, 32);
+    try {
+      await ep.send(mr, 0, n);
+    } finally {
+      await reply.catch(() => undefined); // the buffer stays registered until the receive is done
+    }
+    return decodePersistReply(buf, 96, await reply);
   } finally {
     mr.close();
   }
@@ -174,8 +202,13 @@ t.test('protection: beyond the mapping, read-only, and a dead rkey fail with IBV
   const d = await mapped(unit, ctl, ext);
   await rdma(d.ep, 'write', Buffer.from('alive'), IOVA, d.rkey);
   await ctl.request('unmap', { sessionId: d.sid, mapId: '1' });
-  await expectAccessError(t, rdma(d.ep, 'write', Buffer.from('dead!'), IOVA, d.rkey), 'the rkey of an unmapped mapping is dead at once');
   await t.rejects(ctl.request('unmap', { sessionId: d.sid, mapId: '1' }), { code: 'ERR_NPMU_NO_MAPPING' });
+  const dropped = waitFor(unit, 'session-closed', String(d.sid));
+  await expectAccessError(t, rdma(d.ep, 'write', Buffer.from('dead!'), IOVA, d.rkey), 'the rkey of an unmapped mapping is dead at once');
+  // The access error broke the connection: the unit, whose persist receives are posted on it, notices
+  // at once and tears the session down (its mappings with it), not only when the client disconnects.
+  await dropped;
+  t.pass('the unit dropped the broken connection\'s session');
   await d.ep.close();
 });
 
@@ -273,6 +306,66 @@ t.test('control connections: hello first, tickets checked, client tickets limite
   await t.rejects(cc.request('map', { sessionId: c.sid, mapId: '9', extents: [{ page: 0, pages: 1 }], iova: 0n, access: 'rw' }), { code: 'ERR_NPMU_FORBIDDEN' });
   await cc.request('ping', {});
   t.pass('the connection survives refusals');
+
+  // The same over the session's RDMA connection: a SENT request, the unit's reply (lib/protocol.ts: PersistRequest).
+  t.equal(decodeAcceptInfo(c.ep.peerPrivateData)?.persistSlots, PERSIST_SLOTS, 'the accept offers persist over RDMA');
+  const served = unit.persistServed;
+  const ok = await persistOverRdma(c.ep, { seq: 41, mapId: 1n, offset: 100n, length: 10n });
+  t.same(ok, { seq: 41, status: 'ok', method: 'msync' }, 'persisted, over RDMA');
+  for (const [what, req, status] of [
+    ['another mapping', { seq: 42, mapId: 2n, offset: 0n, length: 1n }, 'ERR_NPMU_NO_MAPPING'],
+    ['past the end', { seq: 43, mapId: 1n, offset: 4090n, length: 10n }, 'ERR_NPMU_BAD_RANGE'],
+    ['no bytes', { seq: 44, mapId: 1n, offset: 0n, length: 0n }, 'ERR_NPMU_BAD_RANGE'],
+    ['a u64 offset', { seq: 45, mapId: 1n, offset: 2n ** 64n - 1n, length: 1n }, 'ERR_NPMU_BAD_RANGE'],
+    ['a u64 length', { seq: 46, mapId: 1n, offset: 0n, length: 2n ** 64n - 1n }, 'ERR_NPMU_BAD_RANGE'],
+  ] as const) {
+    t.same(await persistOverRdma(c.ep, req), { seq: req.seq, status }, what);
+  }
+  const short = Buffer.alloc(16);
+  short.writeUInt32LE(47, 4);
+  t.same(await persistOverRdma(c.ep, short), { seq: 47, status: 'ERR_NPMU_PROTO_MALFORMED' }, '16 bytes: malformed (the seq echoed)');
+  t.same(await persistOverRdma(c.ep, Buffer.alloc(32, 0x41)), { seq: 0x41414141, status: 'ERR_NPMU_PROTO_MALFORMED' }, 'no magic: malformed');
+  t.same(await persistOverRdma(c.ep, Buffer.alloc(1)), { seq: 0, status: 'ERR_NPMU_PROTO_MALFORMED' }, '1 byte: malformed, seq 0');
+  t.equal(unit.persistServed - served, 9, 'every request answered');
+  // Many at once: more than the unit's receives (the rest wait for RNR retries), every one answered.
+  const many = await Promise.all(Array.from({ length: 2 * PERSIST_SLOTS }, (_, i) => persistOverRdma(c.ep, { seq: 100 + i, mapId: 1n, offset: BigInt(i), length: 1n })));
+  t.same(
+    many.map((r) => r?.status),
+    many.map(() => 'ok'),
+    `${2 * PERSIST_SLOTS} requests in flight`,
+  );
+  t.same(new Set(many.map((r) => r?.seq)).size, 2 * PERSIST_SLOTS, 'each its own reply');
+  // Random bytes and random fields (seeded): every request answered with a status of the table.
+  let seed = 0x9e3779b9;
+  const rnd = (n: number): number => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return Math.floor((seed / 2 ** 32) * n);
+  };
+  const statuses = new Set<string>();
+  for (let i = 0; i < 60; i++) {
+    let r: PersistReply | undefined;
+    if (i % 2) {
+      const raw = Buffer.alloc(1 + rnd(PERSIST_REQUEST_SIZE));
+      for (let j = 0; j < raw.length; j++) raw[j] = rnd(256);
+      r = await persistOverRdma(c.ep, raw);
+    } else {
+      r = await persistOverRdma(c.ep, { seq: i, mapId: BigInt(rnd(3)), offset: BigInt(rnd(8192)), length: BigInt(rnd(8192)) });
+    }
+    if (!r) {
+      t.fail(`request ${i}: no well-formed reply`);
+      break;
+    }
+    statuses.add(r.status);
+  }
+  t.ok([...statuses].every((x) => ['ok', 'ERR_NPMU_PROTO_MALFORMED', 'ERR_NPMU_NO_MAPPING', 'ERR_NPMU_BAD_RANGE'].includes(x)), `60 random requests answered: ${[...statuses].join(', ')}`);
+  await rdma(c.ep, 'write', Buffer.from('still here'), IOVA + 200n, c.rkey);
+  t.pass('the connection survives refused and malformed requests');
+  // A request larger than the unit's receive breaks that connection (its own), nothing else.
+  const other = await mapped(unit, ctl, [{ page: 29, pages: 1 }]);
+  const dead = await persistOverRdma(c.ep, Buffer.alloc(PERSIST_REQUEST_SIZE + 8)).catch((e: Error) => e);
+  t.ok(dead instanceof Error, `an oversized request fails its sender: ${(dead as Error).message}`);
+  t.same(await persistOverRdma(other.ep, { seq: 7, mapId: 1n, offset: 0n, length: 8n }), { seq: 7, status: 'ok', method: 'msync' }, 'another session is still served');
+  await other.ep.close();
   cc.close();
   await c.ep.close();
 });
@@ -652,6 +745,11 @@ t.test('persistence domain: reported in hello and info, overridable on devdax on
   t.not(onDevice(at1 + 1000, b.length).toString(), b.toString(), 'an unpersisted write is not on the device');
   t.equal((await c.request('persist', { page: 1, offset: 1000, length: b.length })).method, 'pmem');
   t.equal(onDevice(at1 + 1000, b.length).toString(), b.toString(), 'persist (page, offset) copied it');
+  const d = Buffer.from(`persisted by a SEND ${stamp}`);
+  await rdma(m.ep, 'write', d, IOVA + BigInt(ps + 2000), m.rkey);
+  t.not(onDevice(at1 + 2000, d.length).toString(), d.toString(), 'not on the device before the persist request');
+  t.same(await persistOverRdma(m.ep, { seq: 1, mapId: 1n, offset: BigInt(ps + 2000), length: BigInt(d.length) }), { seq: 1, status: 'ok', method: 'pmem' });
+  t.equal(onDevice(at1 + 2000, d.length).toString(), d.toString(), 'a persist request over RDMA copied it');
   cc.close();
   await m.ep.close();
   c.close();

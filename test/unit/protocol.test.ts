@@ -1010,3 +1010,51 @@ t.test('the accept info (a unit names the connection fence word)', async (t) => 
   t.equal(decodeAcceptInfo(bad), undefined, 'a misaligned word is not used');
   t.throws(() => encodeAcceptInfo({ fenceAddr: 3n, fenceRkey: 1 }), RangeError);
 });
+
+t.test('the accept info names the persist slots (persist over RDMA)', async (t) => {
+  const { encodeAcceptInfo, decodeAcceptInfo, ACCEPT_INFO_SIZE, MAX_PERSIST_SLOTS } = await import('../../lib/protocol');
+  const b = encodeAcceptInfo({ fenceAddr: 0x1000n, fenceRkey: 7, persistSlots: 16 });
+  t.equal(b.length, ACCEPT_INFO_SIZE + 8);
+  t.same(decodeAcceptInfo(Buffer.concat([b, Buffer.alloc(100)])), { fenceAddr: 0x1000n, fenceRkey: 7, persistSlots: 16 });
+  const old = decodeAcceptInfo(Buffer.concat([b.subarray(0, ACCEPT_INFO_SIZE), Buffer.alloc(100)]));
+  t.same(old, { fenceAddr: 0x1000n, fenceRkey: 7 }, 'an older unit: no persist slots');
+  t.equal(old?.persistSlots, undefined);
+  for (const bad of [0, MAX_PERSIST_SLOTS + 1, 0xffffffff]) {
+    const x = Buffer.from(b);
+    x.writeUInt32LE(bad, ACCEPT_INFO_SIZE + 4);
+    t.equal(decodeAcceptInfo(x)?.persistSlots, undefined, `${bad} slots are not used`);
+  }
+  for (const bad of [0, -1, 1.5, MAX_PERSIST_SLOTS + 1]) t.throws(() => encodeAcceptInfo({ fenceAddr: 8n, fenceRkey: 1, persistSlots: bad }), RangeError);
+});
+
+t.test('persist requests and replies over RDMA: round trips and malformed bytes', async (t) => {
+  const P = await import('../../lib/protocol');
+  const b = Buffer.alloc(64, 0xee);
+  const req = { seq: 0xfffffffe, mapId: 18446744073709551615n, offset: 4096n, length: 64n };
+  P.encodePersistRequest(req, b, 8);
+  t.same(P.decodePersistRequest(b, 8, P.PERSIST_REQUEST_SIZE), req);
+  t.equal(P.decodePersistRequest(b, 8, P.PERSIST_REQUEST_SIZE - 1), undefined, 'short');
+  t.equal(P.decodePersistRequest(b, 8, P.PERSIST_REQUEST_SIZE + 1), undefined, 'long');
+  t.equal(P.decodePersistRequest(Buffer.alloc(32), 0, 32), undefined, 'no magic');
+  for (const method of ['pmem', 'msync'] as const) {
+    P.encodePersistReply({ seq: 9, status: 'ok', method }, b, 0);
+    t.same(P.decodePersistReply(b, 0, P.PERSIST_REPLY_SIZE), { seq: 9, status: 'ok', method });
+  }
+  for (const status of P.PERSIST_STATUS.slice(1)) {
+    P.encodePersistReply({ seq: 3, status }, b, 16);
+    t.same(P.decodePersistReply(b, 16, P.PERSIST_REPLY_SIZE), { seq: 3, status });
+  }
+  const r = Buffer.alloc(16);
+  P.encodePersistReply({ seq: 1, status: 'ok', method: 'pmem' }, r);
+  const unknown = Buffer.from(r);
+  unknown.writeUInt16LE(P.PERSIST_STATUS.length, 8);
+  t.equal(P.decodePersistReply(unknown, 0, 16), undefined, 'an unknown status');
+  const noMethod = Buffer.from(r);
+  noMethod.writeUInt8(3, 10);
+  t.equal(P.decodePersistReply(noMethod, 0, 16), undefined, 'success without a method');
+  t.equal(P.decodePersistReply(r, 0, 15), undefined, 'short');
+  t.equal(P.persistStatusOf(Object.assign(new Error('x'), { code: 'ERR_NPMU_BAD_RANGE' })), 'ERR_NPMU_BAD_RANGE');
+  t.equal(P.persistStatusOf(Object.assign(new Error('x'), { code: 'EIO' })), 'ERR_NPMU_INTERNAL', 'codes outside the table');
+  t.equal(P.persistStatusOf(Object.assign(new Error('x'), { code: 'ok' })), 'ERR_NPMU_INTERNAL', 'never success for an error');
+  t.equal(P.persistStatusOf(null), 'ERR_NPMU_INTERNAL');
+});
