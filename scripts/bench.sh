@@ -28,23 +28,20 @@
 # bench/results/{kv-commits,kv-latency-cdf,disk-latency-cdf}.svg + results-latest.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# One Node benchmark script (dist/bench/NAME.js) alone in the micro-VM, two NVDIMMs on an eADR platform.
+guest_bench() {
+  [[ -f build/Release/npmu_native.node ]] || npx cmake-js compile >/dev/null
+  npx tsc -p tsconfig.json
+  export NPMU_BENCH_CPU=${NPMU_BENCH_CPU-0}
+  exec scripts/rxe-vm.sh --timeout 1200 --nvdimm-persistence cpu \
+    --nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem0:256M" --nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem1:256M" \
+    -- node --expose-gc "dist/bench/$1.js"
+}
 args=(--pmem --disk --only "${NPMU_BENCH_PARTS:-perftest,c-loop,node,c-peer,rpma,bw,npmu,disk,kv}")
 while (($#)); do
   case $1 in
-    --profile)
-      [[ -f build/Release/npmu_native.node ]] || npx cmake-js compile >/dev/null
-      npx tsc -p tsconfig.json
-      export NPMU_BENCH_CPU=${NPMU_BENCH_CPU-0}
-      exec scripts/rxe-vm.sh --timeout 1200 --nvdimm-persistence cpu \
-        --nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem0:256M" --nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem1:256M" \
-        -- node --expose-gc dist/bench/profile.js ;;
-    --tail)
-      [[ -f build/Release/npmu_native.node ]] || npx cmake-js compile >/dev/null
-      npx tsc -p tsconfig.json
-      export NPMU_BENCH_CPU=${NPMU_BENCH_CPU-0}
-      exec scripts/rxe-vm.sh --timeout 1200 --nvdimm-persistence cpu \
-        --nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem0:256M" --nvdimm "${TMPDIR:-/tmp}/npmu-bench-pmem1:256M" \
-        -- node --expose-gc dist/bench/tail.js ;;
+    --profile) guest_bench profile ;;
+    --tail) guest_bench tail ;;
     --quick) export NPMU_BENCH_ITERS=${NPMU_BENCH_ITERS:-200} NPMU_BENCH_WARMUP=${NPMU_BENCH_WARMUP:-20}; shift ;;
     --only) [[ -n ${2:-} ]] || { echo "bench: --only needs parts" >&2; exit 2; }; args[3]=$2; shift 2 ;;
     -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
