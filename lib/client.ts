@@ -705,6 +705,7 @@ export class NpmuClient extends EventEmitter {
     let releases: Array<() => void> | undefined;
     let outcome: verbs.FanoutOutcome;
     let persisting: Promise<unknown> | undefined;
+    const persistAll = (): Promise<unknown> => Promise.all(shape.persist.map((x) => this.#persistParts(h, x, parts, shape.halves)));
     try {
       let posted: Promise<verbs.FanoutOutcome>;
       if (parts.length === 1 && total <= plan.maxInline) {
@@ -717,7 +718,7 @@ export class NpmuClient extends EventEmitter {
       }
       if (shape.persistBehind) {
         // Posted after the WRITEs on the same connections: the unit sees the request only after the data.
-        persisting = Promise.all(shape.persist.map((x) => this.#persistParts(h, x, parts, shape.halves)));
+        persisting = persistAll();
         persisting.catch(() => undefined); // a failed WRITE is reported first
       }
       outcome = await posted;
@@ -727,7 +728,7 @@ export class NpmuClient extends EventEmitter {
     }
     if (outcome !== undefined) this.#writeFailed(plan, shape, outcome);
     if (persisting) await persisting;
-    else if (shape.persist.length > 0) await Promise.all(shape.persist.map((x) => this.#persistParts(h, x, parts, shape.halves)));
+    else if (shape.persist.length > 0) await persistAll();
     // Copies of the shape's frozen halves and methods, built by hand: slice() and spread of a frozen
     // object take V8's slow paths (~0.4 µs a write natively, ~25x that under TCG).
     const hs = shape.halves;

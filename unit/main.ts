@@ -12,7 +12,7 @@
  * "npmu-unit: CODE: message" on stderr; usage errors exit 2.
  */
 import { parseArgs } from 'node:util';
-import { ControlConnection } from '../lib/protocol';
+import { ControlConnection, MAX_PERSIST_SLOTS } from '../lib/protocol';
 import { NpmuError } from '../lib/errors';
 import { issueTicket, loadOrCreateKey } from '../lib/ticket';
 import { PERSIST_DOMAINS, UnitDevice } from './device';
@@ -111,9 +111,10 @@ async function serveCommand(v: Values): Promise<void> {
     throw new UsageError(`--persist-domain: must be one of ${PERSIST_DOMAINS.join(', ')}, not ${persistDomain}`);
   }
   const slots = v['persist-slots'];
-  if (slots !== undefined && !/^\d{1,2}$/.test(slots)) throw new UsageError(`--persist-slots: must be an integer in [0, 64], not ${slots}`);
   const persistSlots = slots === undefined ? undefined : Number(slots);
-  if (persistSlots !== undefined && persistSlots > 64) throw new UsageError(`--persist-slots: must be an integer in [0, 64], not ${slots}`);
+  if (slots !== undefined && (!/^\d{1,2}$/.test(slots) || persistSlots! > MAX_PERSIST_SLOTS)) {
+    throw new UsageError(`--persist-slots: must be an integer in [0, ${MAX_PERSIST_SLOTS}], not ${slots}`);
+  }
   const device = openDevice(v, v.format === true);
   let server: UnitServer;
   try {

@@ -142,6 +142,7 @@ interface Session {
 
 /** Receives a unit keeps posted on each client connection for persist requests, by default (AcceptInfo.persistSlots). */
 export const PERSIST_SLOTS = 16;
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
 /** What `info` returns (the protocol's info reply). */
 export type UnitInfo = ReplyInput<'info'> & { durability: Durability; persistDomain: PersistDomain; shadow: boolean };
@@ -395,8 +396,7 @@ export class UnitServer extends EventEmitter {
       reply = { seq: n >= 8 ? b.readUInt32LE(at + 4) : 0, status: 'ERR_NPMU_PROTO_MALFORMED' };
     } else {
       try {
-        const max = BigInt(Number.MAX_SAFE_INTEGER);
-        if (req.length === 0n || req.offset > max || req.length > max) {
+        if (req.length === 0n || req.offset > MAX_SAFE || req.length > MAX_SAFE) {
           throw new NpmuError('ERR_NPMU_BAD_RANGE', `[${req.offset}, +${req.length}) is not a range to persist`);
         }
         const method = this.persistRange(s.sessionId, req.mapId.toString(), Number(req.offset), Number(req.length));
