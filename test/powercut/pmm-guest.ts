@@ -29,6 +29,12 @@ const sys = guestSystem({ keyByte: 7, client: 'pc', secret: SECRET, label: 'powe
 const units = sys.units;
 const pmmOn = sys.pmmOn;
 const SLOT = 64;
+/**
+ * The burst's first region is written as soon as it exists and never deleted,
+ * so every round has acknowledged writes for the check to find (otherwise a
+ * seed whose writes all land in regions deleted before the cut checks none).
+ */
+const KEEP = 'r1';
 
 /** A seeded PRNG (mulberry32): a round is replayable from its seed. */
 export function prng(seed: number): () => number {
@@ -52,6 +58,16 @@ async function burst(seed: number, shadow: boolean): Promise<void> {
   let c = await NpmuClient.attach({ pmm: { host: rdmaAddress(), port: pmm.port }, client: 'pc', secret: SECRET, volume: 'pc' });
   const open = new Map<string, { h: RegionHandle; next: number }>();
   let seq = 0;
+  /** A durable write of a fresh token to the region's next slot, to both halves. */
+  const write = async (name: string): Promise<void> => {
+    const o = open.get(name)!;
+    const slot = o.next++;
+    if ((slot + 1) * SLOT > o.h.size) return;
+    const token = randomBytes(SLOT);
+    const w = await c.writeRegion(o.h, token, SLOT, o.h.basePointer + BigInt(slot * SLOT));
+    if (!w.durable) throw new Error(`a write was not durable: ${JSON.stringify(w)}`);
+    console.log(`ACK write ${name} ${slot} ${token.toString('hex')}`);
+  };
   console.log('READY');
   for (;;) {
     const r = random();
@@ -73,8 +89,11 @@ async function burst(seed: number, shadow: boolean): Promise<void> {
       await c.createRegion(name, size, BigInt(seq) << 36n);
       console.log(`ACK create ${name}`);
       open.set(name, { h: await c.openRegion(name), next: 0 });
+      if (name === KEEP) await write(name);
     } else if (r < 0.25) {
-      const name = [...open.keys()][Math.floor(random() * open.size)]!;
+      // KEEP is never deleted (creates keep two or more regions open, so there is always another to pick).
+      const others = [...open.keys()].filter((n) => n !== KEEP);
+      const name = others[Math.floor(random() * others.length)]!;
       const o = open.get(name)!;
       open.delete(name);
       await c.closeRegion(o.h);
@@ -82,14 +101,7 @@ async function burst(seed: number, shadow: boolean): Promise<void> {
       await c.deleteRegion(name);
       console.log(`ACK delete ${name}`);
     } else {
-      const name = [...open.keys()][Math.floor(random() * open.size)]!;
-      const o = open.get(name)!;
-      const slot = o.next++;
-      if ((slot + 1) * SLOT > o.h.size) continue;
-      const token = randomBytes(SLOT);
-      const w = await c.writeRegion(o.h, token, SLOT, o.h.basePointer + BigInt(slot * SLOT));
-      if (!w.durable) throw new Error(`a write was not durable: ${JSON.stringify(w)}`);
-      console.log(`ACK write ${name} ${slot} ${token.toString('hex')}`);
+      await write([...open.keys()][Math.floor(random() * open.size)]!);
     }
   }
 }
