@@ -103,6 +103,13 @@ export interface AttachOptions {
   timeoutMs?: number;
   /** Spin on the completion queue instead of sleeping (lower latency, one busy core). Default false. */
   busyPoll?: boolean;
+  /**
+   * Hybrid polling (event mode): after posting, spin on the completion queue
+   * for up to this many µs before sleeping on the completion channel; an
+   * operation that completes within it costs no event-loop wake-up. 0-1000000;
+   * default 0 (one poll). Ignored with busyPoll.
+   */
+  spinUs?: number;
   /** Transfers up to this many bytes are staged through pre-registered memory. Default 16384. */
   stagingThreshold?: number;
   /** Concurrent staged transfers. Default 16. */
@@ -320,9 +327,9 @@ function checkU64(v: unknown, what: string): bigint {
   throw argTypeError(what, 'of type bigint or number', v);
 }
 
-function checkPositiveInt(v: unknown, what: string, max = Number.MAX_SAFE_INTEGER): number {
+function checkPositiveInt(v: unknown, what: string, max = Number.MAX_SAFE_INTEGER, min = 1): number {
   if (typeof v !== 'number') throw argTypeError(what, 'of type number', v);
-  if (!Number.isSafeInteger(v) || v < 1 || v > max) throw argRangeError(what, `an integer >= 1 and <= ${max}`, v);
+  if (!Number.isSafeInteger(v) || v < min || v > max) throw argRangeError(what, `an integer >= ${min} and <= ${max}`, v);
   return v;
 }
 
@@ -437,6 +444,7 @@ export class NpmuClient extends EventEmitter {
     if (o.maxCachedBuffers !== undefined) checkPositiveInt(o.maxCachedBuffers, 'opts.maxCachedBuffers', 1 << 16);
     if (o.timeoutMs !== undefined) checkPositiveInt(o.timeoutMs, 'opts.timeoutMs');
     if (o.busyPoll !== undefined && typeof o.busyPoll !== 'boolean') throw argTypeError('opts.busyPoll', 'of type boolean', o.busyPoll);
+    if (o.spinUs !== undefined) checkPositiveInt(o.spinUs, 'opts.spinUs', 1_000_000, 0);
     if (o.connectUnits !== undefined && typeof o.connectUnits !== 'boolean') throw argTypeError('opts.connectUnits', 'of type boolean', o.connectUnits);
 
     const pmm = await ControlConnection.connect({ host: pmmOpt.host as string, port: pmmOpt.port as number, defaultTimeoutMs: o.timeoutMs ?? 30_000 });
@@ -444,7 +452,7 @@ export class NpmuClient extends EventEmitter {
     try {
       const r = await pmm.request('attach', { client: o.client, credential: secret, volume: o.volume });
       client = new NpmuClient(o, pmm, r, threshold, slots);
-      if (o.connectUnits !== false) await Promise.all(HALVES.map((h) => client!.#connectUnit(h, r, o.busyPoll ?? false)));
+      if (o.connectUnits !== false) await Promise.all(HALVES.map((h) => client!.#connectUnit(h, r, o.busyPoll ?? false, o.spinUs ?? 0)));
       else for (const h of HALVES) client.#paths[h].lastError = new Error('this client was attached without the data path (connectUnits: false)');
       return client;
     } catch (err) {
@@ -454,13 +462,13 @@ export class NpmuClient extends EventEmitter {
     }
   }
 
-  async #connectUnit(h: Half, r: ReplyBody<'attach'>, busyPoll: boolean): Promise<void> {
+  async #connectUnit(h: Half, r: ReplyBody<'attach'>, busyPoll: boolean, spinUs: number): Promise<void> {
     const u = r.units[h];
     const p = this.#paths[h];
     if (!u.available) return;
     const ticket = Buffer.from(r.tickets[h], 'base64');
     try {
-      const ep = await verbs.connect({ host: u.host, port: u.rdmaPort, privateData: ticket, busyPoll, timeoutMs: 10_000, maxInline: MAX_INLINE });
+      const ep = await verbs.connect({ host: u.host, port: u.rdmaPort, privateData: ticket, busyPoll, spinUs, timeoutMs: 10_000, maxInline: MAX_INLINE });
       p.ep = ep;
       p.fenceWord = decodeAcceptInfo(ep.peerPrivateData);
       if (p.fenceWord?.persistSlots) p.persister = new RdmaPersister(ep, p.fenceWord.persistSlots, this.#timeoutMs);

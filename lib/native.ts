@@ -207,6 +207,8 @@ export interface EndpointOptions {
   maxInline?: number;
   /** start in busy-poll mode (see Endpoint.busyPoll) */
   busyPoll?: boolean;
+  /** hybrid polling budget in event mode, µs, 0-1000000 (see Endpoint.spinUs); default 0 */
+  spinUs?: number;
   /** RDMA READ/atomic depth both ways; default min(device max, 16) */
   responderResources?: number;
 }
@@ -256,6 +258,16 @@ export interface NativeEndpoint {
    * the event loop, never from inside the posting call.
    */
   busyPoll: boolean;
+  /**
+   * Hybrid polling, for event mode: after a post, keep polling the CQ for up
+   * to this many microseconds (an integer, 0-1000000) before arming it and
+   * returning to the event loop. Work that completes within the budget
+   * settles its promise at once, with no completion-channel wake-up; the
+   * rest is reported through the channel as in event mode. 0 (default): one
+   * poll. The clock is read every 64 empty polls, so the budget is
+   * approximate. Ignored in busy-poll mode.
+   */
+  spinUs: number;
   /** events after establishment; set by the wrapper */
   onEvent: ((ev: EndpointEvent) => void) | null;
 

@@ -26,6 +26,10 @@ constexpr uint64_t kBusyPollLimitNs = 1000000000ull;
 // sched_yield() every kSpinYieldEvery, so a softirq thread sharing the CPU runs.
 constexpr unsigned kSpinClockEvery = 1024;
 constexpr unsigned kSpinYieldEvery = 64;
+// Hybrid polling (event mode, spinUs > 0): a budget of microseconds, so the
+// clock is read more often (every kHybridClockEvery empty polls); at most 1 s.
+constexpr unsigned kHybridClockEvery = 64;
+constexpr int64_t kMaxSpinUs = 1000000;
 // Completion events are acknowledged in batches (ibv_ack_cq_events takes a lock).
 constexpr unsigned kCqEventAckBatch = 16;
 
@@ -136,6 +140,7 @@ EndpointOptions ParseEndpointOptions(Napi::Env env, Napi::Object opts, const std
   o.rqDepth = static_cast<uint32_t>(OptInteger(env, Prop(opts, "rqDepth"), prefix + "rqDepth", 1, 65536, 128));
   o.maxInline = static_cast<uint32_t>(OptInteger(env, Prop(opts, "maxInline"), prefix + "maxInline", 0, 4096, 64));
   o.busyPoll = OptBool(env, Prop(opts, "busyPoll"), prefix + "busyPoll", false);
+  o.spinUs = static_cast<uint32_t>(OptInteger(env, Prop(opts, "spinUs"), prefix + "spinUs", 0, kMaxSpinUs, 0));
   o.responderResources = static_cast<int>(
       OptInteger(env, Prop(opts, "responderResources"), prefix + "responderResources", 1, 255, -1));
   return o;
@@ -148,6 +153,7 @@ std::shared_ptr<EndpointRes> EndpointRes::Create(std::shared_ptr<Registry> reg, 
   std::shared_ptr<EndpointRes> ep(new EndpointRes());
   ep->reg = reg;
   ep->busyPoll = opts.busyPoll;
+  ep->spinUs = opts.spinUs;
   ep->pd_ = opts.pd;
   ep->opts_ = opts;
   ep->opts_.pdObj = Napi::Object();
@@ -787,7 +793,13 @@ void EndpointRes::Pump(Napi::Env env) {
 void EndpointRes::Reap(Napi::Env env, const std::shared_ptr<size_t>& pending) {
   auto self = shared_from_this();
   if (busyPoll) {
-    Spin(env, pending);
+    // Spin until this post's work is in (bounded by 1 s; the rest then
+    // completes through the completion channel).
+    SpinFor(env, pending, kBusyPollLimitNs, kSpinClockEvery);
+  } else if (*pending > 0 && spinUs > 0) {
+    // Hybrid polling: the same, for up to spinUs, before arming the CQ and
+    // leaving the rest to the completion channel (and the event loop).
+    SpinFor(env, pending, static_cast<uint64_t>(spinUs) * 1000u, kHybridClockEvery);
   } else if (*pending > 0) {
     // Event mode: one non-blocking poll. On soft-RoCE the round trip often
     // completes inside ibv_post_send, and then this settles the promise now
@@ -805,11 +817,10 @@ void EndpointRes::Reap(Napi::Env env, const std::shared_ptr<size_t>& pending) {
   AfterDispatch(env);
 }
 
-void EndpointRes::Spin(Napi::Env env, const std::shared_ptr<size_t>& pending) {
-  auto self = shared_from_this();
-  uint64_t start = 0;  // first clock read, after kSpinClockEvery empty polls
+void EndpointRes::SpinFor(Napi::Env env, const std::shared_ptr<size_t>& pending, uint64_t limitNs,
+                          unsigned clockEvery) {
+  uint64_t start = 0;  // first clock read, after clockEvery empty polls
   ibv_wc wc[16];
-  {
   Depth depth(dispatchDepth_);
   Depth post(inPost_);
   unsigned idle = 0;
@@ -822,17 +833,15 @@ void EndpointRes::Spin(Napi::Env env, const std::shared_ptr<size_t>& pending) {
       continue;
     }
     ++idle;
-    if (idle % kSpinClockEvery == 0) {
-      // The 1 s bound counts from the first reading: at most kSpinClockEvery
-      // polls more than 1 s. Most posts complete before any clock read.
+    if (idle % clockEvery == 0) {
+      // The bound counts from the first reading: at most clockEvery polls
+      // more than limitNs. Most posts complete before any clock read.
       uint64_t now = uv_hrtime();
       if (!start) start = now;
-      else if (now - start > kBusyPollLimitNs) break;
+      else if (now - start > limitNs) break;
     }
     if (idle % kSpinYieldEvery == 0) sched_yield();
   }
-  }
-  AfterDispatch(env);
 }
 
 // ---- close -----------------------------------------------------------------------
@@ -1019,6 +1028,7 @@ Napi::Function Endpoint::Define(Napi::Env env) {
           InstanceAccessor<&Endpoint::InFlight>("inFlight"),
           InstanceAccessor<&Endpoint::Capacity>("capacity"),
           InstanceAccessor<&Endpoint::GetBusyPoll, &Endpoint::SetBusyPoll>("busyPoll"),
+          InstanceAccessor<&Endpoint::GetSpinUs, &Endpoint::SetSpinUs>("spinUs"),
           InstanceAccessor<&Endpoint::GetOnEvent, &Endpoint::SetOnEvent>("onEvent"),
           InstanceMethod<&Endpoint::Write>("write"),
           InstanceMethod<&Endpoint::Read>("read"),
@@ -1097,6 +1107,12 @@ Napi::Value Endpoint::GetBusyPoll(const Napi::CallbackInfo& info) {
 void Endpoint::SetBusyPoll(const Napi::CallbackInfo& info, const Napi::Value& v) {
   if (!v.IsBoolean()) ThrowArgType(info.Env(), "busyPoll", "of type boolean", v);
   res_->busyPoll = v.As<Napi::Boolean>().Value();
+}
+Napi::Value Endpoint::GetSpinUs(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), res_->spinUs);
+}
+void Endpoint::SetSpinUs(const Napi::CallbackInfo& info, const Napi::Value& v) {
+  res_->spinUs = static_cast<uint32_t>(ToInteger(info.Env(), v, "spinUs", 0, kMaxSpinUs));
 }
 // The listener is kept as a private (symbol-keyed) property of this object,
 // not by a native strong reference: a closure over the endpoint then forms a

@@ -30,6 +30,7 @@ struct EndpointOptions {
   uint32_t rqDepth = 128;
   uint32_t maxInline = 64;
   bool busyPoll = false;
+  uint32_t spinUs = 0;  // event mode: hybrid polling budget after a post (0: one poll)
   int responderResources = -1;  // -1: min(device max, 16)
 };
 
@@ -76,9 +77,12 @@ class EndpointRes : public std::enable_shared_from_this<EndpointRes> {
   // bytes, sge, swr opcode/flags/remote, batch, slot) go on the send queue as
   // one chain; the caller then calls Reap. Takes ownership of the records.
   std::shared_ptr<size_t> PostRecords(Napi::Env env, WrRecord* const* recs, size_t n);
-  void Spin(Napi::Env env, const std::shared_ptr<size_t>& pending);
-  // After a post: busy-poll mode spins (Spin); event mode polls the CQ once,
-  // without waiting. Either way, if work is still out, the CQ is armed.
+  // Polls until `pending` is zero, or for about limitNs (the clock read every
+  // clockEvery empty polls): busy-poll mode and hybrid polling (spinUs).
+  void SpinFor(Napi::Env env, const std::shared_ptr<size_t>& pending, uint64_t limitNs, unsigned clockEvery);
+  // After a post: busy-poll mode spins (SpinFor, <= 1 s); event mode polls the
+  // CQ once without waiting, or for up to spinUs (hybrid polling). Either way,
+  // if work is still out, the CQ is armed.
   void Reap(Napi::Env env, const std::shared_ptr<size_t>& pending);
 
   void Disconnect();
@@ -96,6 +100,7 @@ class EndpointRes : public std::enable_shared_from_this<EndpointRes> {
   uint32_t cqe() const { return cqe_; }
   uint32_t maxInline() const { return maxInline_; }
   bool busyPoll = false;
+  uint32_t spinUs = 0;
   std::shared_ptr<PdRes> pd() const { return pd_; }
   std::string localAddress, remoteAddress;
   int remotePort = 0;
@@ -189,6 +194,8 @@ class Endpoint : public Napi::ObjectWrap<Endpoint> {
   Napi::Value Capacity(const Napi::CallbackInfo& info);
   Napi::Value GetBusyPoll(const Napi::CallbackInfo& info);
   void SetBusyPoll(const Napi::CallbackInfo& info, const Napi::Value& v);
+  Napi::Value GetSpinUs(const Napi::CallbackInfo& info);
+  void SetSpinUs(const Napi::CallbackInfo& info, const Napi::Value& v);
   Napi::Value GetOnEvent(const Napi::CallbackInfo& info);
   void SetOnEvent(const Napi::CallbackInfo& info, const Napi::Value& v);
   Napi::Value Write(const Napi::CallbackInfo& info);

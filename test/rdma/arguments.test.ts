@@ -100,6 +100,9 @@ t.test('connect and listen reject bad arguments', async (t) => {
   await each(t, 'connect opts.port', integer, (b) => connect({ host: '127.0.0.1', port: b as number, timeoutMs: 2000 }));
   await t.rejects(async () => connect({ host: 'not-an-address', port: 1 }), VERBS('ERR_NPMU_UNREACHABLE'), 'a name that does not resolve');
   await t.rejects(async () => connect({ host: '127.0.0.1', port: 1, privateData: Buffer.alloc(57) }), RANGE, 'private data over 56 bytes');
+  await t.rejects(async () => connect({ host: '127.0.0.1', port: 1, spinUs: -1 }), RANGE, 'a negative hybrid polling budget');
+  await t.rejects(async () => connect({ host: '127.0.0.1', port: 1, spinUs: 1_000_001 }), RANGE, 'a hybrid polling budget over 1 s');
+  await t.rejects(async () => connect({ host: '127.0.0.1', port: 1, spinUs: '5' as never }), TYPE, 'a hybrid polling budget as a string');
   await each(
     t,
     'listen',
@@ -137,6 +140,11 @@ t.test('work requests reject bad arguments before reaching the QP', async (t) =>
   await each(t, 'post', (b) => (Array.isArray(b) ? { accept: 'an empty batch posts nothing' } : TYPE), (b) => (ep.post as AnyFn)(b));
   t.strictSame(await ep.post([]), [], 'an empty batch resolves to no results');
   await each(t, 'post item', anyType, (b) => (ep.post as AnyFn)([b]));
+  await each(t, 'spinUs', integer, (b) => {
+    ep.spinUs = b as number;
+  });
+  t.throws(() => (ep.spinUs = 1_000_001), RANGE, 'spinUs over 1 s');
+  t.equal(ep.spinUs, 0, 'refused values left the budget alone');
   await t.rejects(async () => ep.write(mr, 4090, 8, 0n, 1), RANGE, 'local slice past the MR');
   await t.rejects(async () => ep.compareSwap(mr, 4092, R, rk, 0n, 0n), RANGE, 'atomic result slice past the MR');
   await t.rejects(async () => ep.fetchAdd(mr, 0, R + 3n, rk, 1n), VERBS('ERR_NPMU_NOT_ALIGNED'), 'unaligned remote atomic address');

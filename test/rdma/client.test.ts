@@ -30,6 +30,8 @@ t.test('arguments are checked before anything reaches the verbs', async (t) => {
     await t.rejects(NpmuClient.attach({ pmm: { host: rdmaAddress(), port: sys.pmm.port }, client: 'alice', secret: SECRETS.alice!, volume: 'nope' }), {
       code: 'ERR_NPMU_NO_SUCH_VOLUME',
     });
+    for (const [spinUs, code] of [[-1, 'ERR_OUT_OF_RANGE'], [1.5, 'ERR_OUT_OF_RANGE'], [1_000_001, 'ERR_OUT_OF_RANGE'], ['100', 'ERR_INVALID_ARG_TYPE']] as const)
+      await t.rejects(NpmuClient.attach({ pmm: { host: rdmaAddress(), port: sys.pmm.port }, client: 'alice', secret: SECRETS.alice!, volume: sys.volume, spinUs: spinUs as number }), { code }, `spinUs ${spinUs}`);
     const c = await sys.attach('alice');
     await t.rejects(c.createRegion(5 as never, 10), { code: 'ERR_INVALID_ARG_TYPE' });
     await t.rejects(c.createRegion('', 10), { code: 'ERR_INVALID_ARG_VALUE' });

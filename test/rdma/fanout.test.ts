@@ -239,6 +239,32 @@ t.test('writeRegionBatch: many writes, one post per half, read back from each ha
   t.ok(c.releaseBuffer(big), 'nothing in flight: the registration can be dropped');
 });
 
+t.test('a client with hybrid polling (spinUs): writes, batches and reads on both halves, as in event mode', async (t) => {
+  const sys = await startSystem({ devices: 'tmpfs' });
+  t.teardown(() => sys.close());
+  const c = await sys.attach('alice', { spinUs: 500 });
+  await c.createRegion('hybrid', 1 << 20, 0x20000000n);
+  const h = await c.openRegion('hybrid');
+  for (let i = 0; i < 20; i++) {
+    const b = Buffer.alloc(i % 2 ? 64 : 4096, i);
+    await c.writeRegion(h, b, b.length, h.basePointer + BigInt(i * 4096), { durable: true });
+  }
+  await c.writeRegionBatch(h, Array.from({ length: 8 }, (_, i) => ({ buf: Buffer.alloc(100, 0x80 + i), pointer: h.basePointer + 200000n + BigInt(i * 100) })), { durable: true });
+  for (const half of ['primary', 'mirror'] as const) {
+    for (let i = 0; i < 20; i++) {
+      const n = i % 2 ? 64 : 4096;
+      const out = Buffer.alloc(n);
+      await c.readRegion(h, out, n, h.basePointer + BigInt(i * 4096), { mirror: half });
+      if (!out.equals(Buffer.alloc(n, i))) t.fail(`${half}: write ${i} differs`);
+    }
+    const out = Buffer.alloc(800);
+    await c.readRegion(h, out, 800, h.basePointer + 200000n, { mirror: half });
+    for (let i = 0; i < 8; i++) if (!out.subarray(i * 100, i * 100 + 100).equals(Buffer.alloc(100, 0x80 + i))) t.fail(`${half}: batch item ${i} differs`);
+  }
+  t.pass('every write and batch item is on both halves');
+  await c.closeRegion(h);
+});
+
 t.test('writeRegionBatch: one bad item refuses the batch before anything is written', async (t) => {
   const sys = await startSystem({ devices: 'tmpfs' });
   t.teardown(() => sys.close());

@@ -140,6 +140,44 @@ t.test('busy-poll mode: same results, promise already settled', async (t) => {
   lmr.close();
 });
 
+t.test('hybrid polling (event mode, spinUs): same results; work done within the budget settles in the post, the rest through the channel', async (t) => {
+  const p = await connectedPair();
+  t.teardown(() => p.close());
+  const remote = Buffer.alloc(4096);
+  const rmr = regAll(p.serverPd, remote, 0x3000n);
+  const at = rmr.iova;
+  const local = Buffer.alloc(4096, 9);
+  const lmr = registerMemory(p.client.pd, local, { access: Access.LOCAL_WRITE });
+  t.equal(p.client.spinUs, 0, 'off by default');
+  p.client.spinUs = 1_000_000; // the largest budget: a WRITE on rxe completes well within it
+  t.equal(p.client.spinUs, 1_000_000);
+  for (let i = 0; i < 50; i++) {
+    local.writeUInt32LE(i, 0);
+    let settled = false;
+    const w = p.client.write(lmr, 0, 64, at, rmr.rkey).then(() => (settled = true));
+    await Promise.resolve();
+    t.equal(settled, true, `write ${i}: settled inside the post`);
+    await w;
+    t.equal(remote.readUInt32LE(0), i);
+  }
+  // A recv waits for the peer: the spin gives up after its budget and the
+  // completion channel reports it later.
+  p.client.spinUs = 2000;
+  const rlocal = registerMemory(p.client.pd, Buffer.alloc(64), { access: Access.LOCAL_WRITE });
+  let got = false;
+  const recv = p.client.recv(rlocal, 0, 64).then((r) => ((got = true), r));
+  await Promise.resolve();
+  t.equal(got, false, 'the recv is still out after the post');
+  const smr = registerMemory(p.serverPd, Buffer.from('hybrid'), { access: Access.LOCAL_WRITE });
+  await p.server.send(smr, 0, 6);
+  const r = await recv;
+  t.equal(r, 6, 'the recv completed through the completion channel');
+  p.client.spinUs = 0;
+  await p.client.write(lmr, 0, 64, at + 64n, rmr.rkey);
+  t.equal(remote.readUInt32LE(64), 49, 'one poll again');
+  for (const m of [rmr, lmr, rlocal, smr]) m.close();
+});
+
 t.test('devices, ports and GIDs: enumerate, open, query', async (t) => {
   const { listDevices, openContext } = await import('../../lib/verbs');
   const { deviceName, rdmaAddress } = await import('./fixture');
