@@ -82,8 +82,8 @@ export interface BenchSystem {
   readonly units: UnitServer[];
   readonly pmm: PmmServer;
   readonly volume: string;
-  /** A client attached to the volume (event mode unless busyPoll). */
-  attach(opts?: { busyPoll?: boolean }): Promise<NpmuClient>;
+  /** A client attached to the volume (event mode unless busyPoll; spinUs: hybrid polling). */
+  attach(opts?: { busyPoll?: boolean; spinUs?: number }): Promise<NpmuClient>;
   /** Closes the PMM and the units (clients first, by the caller). */
   close(): Promise<void>;
 }
@@ -113,7 +113,7 @@ export async function startSystem(o: SystemOptions = {}): Promise<BenchSystem> {
     units,
     pmm,
     volume,
-    attach: (a = {}) => NpmuClient.attach({ pmm: { host, port }, client: CLIENT, secret: SECRET, volume, busyPoll: a.busyPoll ?? false }),
+    attach: (a = {}) => NpmuClient.attach({ pmm: { host, port }, client: CLIENT, secret: SECRET, volume, busyPoll: a.busyPoll ?? false, spinUs: a.spinUs ?? 0 }),
     close: closeAll,
   };
 }

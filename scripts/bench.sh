@@ -18,7 +18,7 @@
 # the host, the disk/KV table and SVG plots (bench/plot.ts).
 #
 # usage: scripts/bench.sh [--quick] [--iters N] [--warmup N] [--only PARTS] [--timeout SEC]
-#   --quick   200 iterations after 20 warm-up (a smoke run; figures are noisier)
+#   --quick   200 iterations after 20 warm-up, 2 s KV pre-warm (a smoke run; figures are noisier)
 #   --profile instead: where one durable mirrored write / one read spends its
 #             time (bench/profile.ts: V8's sampling profiler, by stage)
 #   --tail    instead: the tail of a durable mirrored write, p50..max, and the
@@ -42,7 +42,7 @@ while (($#)); do
   case $1 in
     --profile) guest_bench profile ;;
     --tail) guest_bench tail ;;
-    --quick) export NPMU_BENCH_ITERS=${NPMU_BENCH_ITERS:-200} NPMU_BENCH_WARMUP=${NPMU_BENCH_WARMUP:-20}; shift ;;
+    --quick) export NPMU_BENCH_ITERS=${NPMU_BENCH_ITERS:-200} NPMU_BENCH_WARMUP=${NPMU_BENCH_WARMUP:-20} NPMU_BENCH_KV_PREWARM_MS=${NPMU_BENCH_KV_PREWARM_MS:-2000}; shift ;;
     --only) [[ -n ${2:-} ]] || { echo "bench: --only needs parts" >&2; exit 2; }; args[3]=$2; shift 2 ;;
     -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$1"); shift ;;
