@@ -104,7 +104,8 @@ export function parsePerftestBwOutput(text: string): PerftestBwFigures | undefin
     bw_avg_MiBps: col('bw_avg'),
     msg_rate_Mpps: col('MsgRate'),
   };
-  if (!Number.isFinite(f.bw_avg_MiBps) || !Number.isFinite(f.bytes)) return undefined;
+  // 0 MiB/s is no measurement (seen under TCG, as the latency tools' "inf"): the caller tries again.
+  if (!(f.bw_avg_MiBps > 0) || !Number.isFinite(f.bw_avg_MiBps) || !Number.isFinite(f.bytes)) return undefined;
   return f;
 }
 

@@ -143,8 +143,9 @@ const secs = (t0: number): number => Math.round((Date.now() - t0) / 100) / 10;
  * its cycle counter against the clock first, and when the emulated CPU makes
  * that fit poor ("Correlation coefficient r^2: 0.85 < 0.9") it prints every
  * latency as "inf" (seen for `ib_read_lat -s 64`, and a CI run lost
- * `ib_write_lat -s 64`). One more try, on the next port, with the first
- * failure logged; a second failure fails the part.
+ * `ib_write_lat -s 64`); `ib_write_bw` once reported 0 MiB/s. One more try,
+ * on the next port, with the first failure logged; a second failure fails
+ * the part.
  */
 async function twice<T>(what: string, run: () => Promise<T>): Promise<T> {
   try {
