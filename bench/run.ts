@@ -42,7 +42,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { runPerftest, runPerftestBw, type PerftestTool } from './perftest';
+import { runPerftest, runPerftestBw, type PerftestRun, type PerftestTool } from './perftest';
 import { parseResultLines, renderTable } from './table';
 
 const PARTS = ['perftest', 'c-loop', 'node', 'c-peer', 'rpma', 'bw', 'npmu', 'disk', 'kv'] as const;
@@ -220,6 +220,16 @@ async function main(): Promise<number> {
   const seconds: Record<string, number> = {};
   const tAll = Date.now();
 
+  /** One perftest run on this boot's device and address, on `port`. */
+  const perftestRun = (tool: PerftestRun['tool'], size: number, port: number): PerftestRun => ({
+    tool,
+    size,
+    iters: o.iters,
+    dev,
+    gidIndex: Number(process.env.NPMU_BENCH_GID_INDEX ?? 1),
+    addr,
+    port,
+  });
   if (o.only.includes('perftest')) {
     const t0 = Date.now();
     log(`perftest (${o.iters} iterations, -x ${process.env.NPMU_BENCH_GID_INDEX ?? 1})`);
@@ -227,17 +237,7 @@ async function main(): Promise<number> {
     for (const tool of ['ib_write_lat', 'ib_read_lat'] as PerftestTool[]) {
       for (const size of [64, 4096]) {
         try {
-          const r = await twice(`${tool} -s ${size}`, () =>
-            runPerftest({
-              tool,
-              size,
-              iters: o.iters,
-              dev,
-              gidIndex: Number(process.env.NPMU_BENCH_GID_INDEX ?? 1),
-              addr,
-              port: port++,
-            }),
-          );
+          const r = await twice(`${tool} -s ${size}`, () => runPerftest(perftestRun(tool, size, port++)));
           append(r);
           log(`  ${tool} -s ${size}: t_typical ${r.p50_us} us, 99% ${r.p99_us} us (${r.measures})`);
         } catch (e) {
@@ -313,17 +313,7 @@ async function main(): Promise<number> {
     let port = Number(process.env.NPMU_BENCH_PERFTEST_PORT ?? 18515) + 16;
     for (const size of [4096, 65536]) {
       try {
-        const r = await twice(`ib_write_bw -s ${size}`, () =>
-          runPerftestBw({
-            tool: 'ib_write_bw',
-            size,
-            iters: o.iters,
-            dev,
-            gidIndex: Number(process.env.NPMU_BENCH_GID_INDEX ?? 1),
-            addr,
-            port: port++,
-          }),
-        );
+        const r = await twice(`ib_write_bw -s ${size}`, () => runPerftestBw(perftestRun('ib_write_bw', size, port++)));
         append(r);
         log(`  ib_write_bw -s ${size}: ${r.MiBps} MiB/s (${r.MBps} MB/s), ${r.ops_per_s} msg/s`);
       } catch (e) {
